@@ -1,0 +1,1 @@
+"""Geometry: poses, projection, crops, PnP. Imports nothing else of cooppose but errors."""

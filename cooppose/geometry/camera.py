@@ -1,0 +1,77 @@
+"""Intrinsics checks and THE crop/zoom used everywhere (coarse query crop, refiner crop, training data).
+
+A crop is an axis-aligned square window of the image, given as a box (x0, y0, x1, y1) in continuous
+OpenCV pixel coordinates (pixel (u, v) is centred at (u, v)), resized to S x S. The box corner
+(x0, y0) maps to the crop coordinate (-0.5, -0.5) and (x1, y1) to (S - 0.5, S - 0.5), so
+u_crop = s * (u - x0) - 0.5 with s = S / (x1 - x0), and the crop intrinsics are K_crop = A @ K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cooppose.errors import CameraError, InputError
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A square crop: its box in the image, output size S, the affine A (3x3) image->crop and K_crop."""
+
+    box: tuple[float, float, float, float]
+    size: int
+    A: np.ndarray  # (3, 3) maps homogeneous image pixels to crop pixels
+    K: np.ndarray  # (3, 3) intrinsics of the crop
+
+    def to_crop(self, uv: np.ndarray) -> np.ndarray:
+        """Map image pixels (..., 2) to crop pixels (..., 2)."""
+        return uv * self.A[[0, 1], [0, 1]] + self.A[:2, 2]
+
+    def to_image(self, uv: np.ndarray) -> np.ndarray:
+        """Map crop pixels (..., 2) back to image pixels (..., 2)."""
+        return (uv - self.A[:2, 2]) / self.A[[0, 1], [0, 1]]
+
+
+def check_intrinsics(K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Validate K (3x3, finite, positive focal lengths, principal point inside the (H, W) image); return it as float64."""
+    K = np.asarray(K, dtype=np.float64)
+    H, W = image_size
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+        raise CameraError(f"K must be a finite 3x3 matrix, got shape {K.shape}; pass [[fx,0,cx],[0,fy,cy],[0,0,1]].")
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]):
+        raise CameraError(f"K has non-positive focal lengths or a bad last row: {K.tolist()}.")
+    cx, cy = K[0, 2], K[1, 2]
+    if not (0 <= cx <= W and 0 <= cy <= H):
+        raise CameraError(
+            f"K does not fit the {W}x{H} image: principal point ({cx:.1f}, {cy:.1f}) lies outside it. "
+            "Check that K belongs to this image (and was scaled if the image was resized)."
+        )
+    return K
+
+
+def square_box(box: tuple[float, float, float, float] | np.ndarray, pad: float = 1.0) -> tuple[float, float, float, float]:
+    """Smallest square around `box` (x0, y0, x1, y1) with the same centre, its side scaled by `pad`."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not np.all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
+        raise InputError(f"box {box} is empty or not finite; give (x0, y0, x1, y1) with x1 > x0 and y1 > y0.")
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = max(x1 - x0, y1 - y0) * pad / 2
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
+def make_crop(box: tuple[float, float, float, float], K: np.ndarray, size: int, pad: float = 1.0) -> Crop:
+    """Crop for the square around `box` padded by `pad`, resized to size x size, with its intrinsics."""
+    x0, y0, x1, y1 = square_box(box, pad)
+    s = size / (x1 - x0)
+    A = np.array([[s, 0.0, -s * x0 - 0.5], [0.0, s, -s * y0 - 0.5], [0.0, 0.0, 1.0]])
+    return Crop(box=(x0, y0, x1, y1), size=size, A=A, K=A @ np.asarray(K, dtype=np.float64))
+
+
+def warp(image: np.ndarray, crop: Crop, nearest: bool = False) -> np.ndarray:
+    """Resample an image (H, W[, C]) into the crop (S, S[, C]); outside pixels are 0. Use nearest for depth/masks."""
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    src = image.astype(np.uint8) if image.dtype == bool else image
+    out = cv2.warpAffine(src, crop.A[:2], (crop.size, crop.size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.astype(bool) if image.dtype == bool else out
