@@ -53,9 +53,13 @@ def check_intrinsics(K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 def square_box(box: tuple[float, float, float, float] | np.ndarray, pad: float = 1.0) -> tuple[float, float, float, float]:
     """Smallest square around `box` (x0, y0, x1, y1) with the same centre, its side scaled by `pad`."""
+    if np.shape(box) != (4,):
+        raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}.")
     x0, y0, x1, y1 = (float(v) for v in box)
     if not np.all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
         raise InputError(f"box {box} is empty or not finite; give (x0, y0, x1, y1) with x1 > x0 and y1 > y0.")
+    if not (np.isfinite(pad) and pad > 0):
+        raise InputError(f"pad must be a positive finite factor, got {pad!r}.")
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = max(x1 - x0, y1 - y0) * pad / 2
     return (cx - half, cy - half, cx + half, cy + half)
@@ -63,15 +67,45 @@ def square_box(box: tuple[float, float, float, float] | np.ndarray, pad: float =
 
 def make_crop(box: tuple[float, float, float, float], K: np.ndarray, size: int, pad: float = 1.0) -> Crop:
     """Crop for the square around `box` padded by `pad`, resized to size x size, with its intrinsics."""
+    if int(size) != size or size < 1:
+        raise InputError(f"crop size must be a positive integer, got {size!r}.")
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+        raise CameraError(f"K must be a finite 3x3 matrix, got shape {K.shape}; pass [[fx,0,cx],[0,fy,cy],[0,0,1]].")
+    size = int(size)
     x0, y0, x1, y1 = square_box(box, pad)
     s = size / (x1 - x0)
     A = np.array([[s, 0.0, -s * x0 - 0.5], [0.0, s, -s * y0 - 0.5], [0.0, 0.0, 1.0]])
-    return Crop(box=(x0, y0, x1, y1), size=size, A=A, K=A @ np.asarray(K, dtype=np.float64))
+    return Crop(box=(x0, y0, x1, y1), size=size, A=A, K=A @ K)
+
+
+_WARP_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)  # what cv2.warpAffine interpolates natively
 
 
 def warp(image: np.ndarray, crop: Crop, nearest: bool = False) -> np.ndarray:
-    """Resample an image (H, W[, C]) into the crop (S, S[, C]); outside pixels are 0. Use nearest for depth/masks."""
+    """Resample an image (H, W[, C]) into the crop (S, S[, C]); outside pixels are 0. Use nearest for depth/masks.
+
+    Keeps the dtype and a trailing channel axis (also C = 1). Dtypes OpenCV cannot warp (int32, int64,
+    float16, ...) are warped as float64 and cast back (integers rounded); bool is warped as uint8.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"image must be a non-empty (H, W) or (H, W, C) array, got shape {image.shape}.")
+    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise InputError(f"image dtype {image.dtype} cannot be warped; pass a boolean, integer or float array.")
     flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    src = image.astype(np.uint8) if image.dtype == bool else image
+    if image.dtype == bool:
+        src = image.astype(np.uint8)
+    elif image.dtype.type in _WARP_DTYPES:
+        src = image
+    else:
+        src = image.astype(np.float64)
+    src = np.ascontiguousarray(src)
     out = cv2.warpAffine(src, crop.A[:2], (crop.size, crop.size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out.astype(bool) if image.dtype == bool else out
+    if image.ndim == 3 and out.ndim == 2:
+        out = out[..., None]  # OpenCV drops a single channel axis
+    if image.dtype == bool:
+        return out.astype(bool)
+    if out.dtype != image.dtype and np.issubdtype(image.dtype, np.integer):
+        return np.rint(out).astype(image.dtype)
+    return out.astype(image.dtype, copy=False)

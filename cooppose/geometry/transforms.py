@@ -15,6 +15,8 @@ import math
 import numpy as np
 import torch
 
+from cooppose.errors import InputError
+
 Array = np.ndarray | torch.Tensor
 
 
@@ -80,12 +82,20 @@ def backproject(K: Array, uv: Array, depth: Array) -> Array:
 
 
 def rotation_error_deg(R1: Array, R2: Array) -> Array:
-    """Geodesic angle in degrees between rotations (..., 3, 3)."""
+    """Geodesic angle in degrees between rotations (..., 3, 3).
+
+    Computed as atan2(sin, cos) of the relative rotation, accurate for tiny angles (arccos of the trace
+    loses half the digits: 0.02 deg resolution in float32) and for angles near 180 deg.
+    """
     if isinstance(R1, torch.Tensor):
-        tr = (R1.transpose(-1, -2) @ R2).diagonal(dim1=-2, dim2=-1).sum(-1)
-        return torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1.0, 1.0)))
-    tr = np.trace(np.swapaxes(R1, -1, -2) @ R2, axis1=-2, axis2=-1)
-    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1.0, 1.0)))
+        D = R1.transpose(-1, -2) @ R2
+        cos = (D.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+        axis = torch.stack([D[..., 2, 1] - D[..., 1, 2], D[..., 0, 2] - D[..., 2, 0], D[..., 1, 0] - D[..., 0, 1]], -1)
+        return torch.rad2deg(torch.atan2(torch.linalg.vector_norm(axis, dim=-1) / 2, cos))
+    D = np.swapaxes(R1, -1, -2) @ R2
+    cos = (np.trace(D, axis1=-2, axis2=-1) - 1) / 2
+    axis = np.stack([D[..., 2, 1] - D[..., 1, 2], D[..., 0, 2] - D[..., 2, 0], D[..., 1, 0] - D[..., 0, 1]], -1)
+    return np.degrees(np.arctan2(np.linalg.norm(axis, axis=-1) / 2, cos))
 
 
 def skew(w: Array) -> Array:
@@ -167,6 +177,8 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
     """
     eye = np.asarray(eye, dtype=np.float64)
     z = np.asarray(target, dtype=np.float64) - eye
+    if not np.all(np.isfinite(z)) or np.linalg.norm(z) == 0:
+        raise InputError(f"look_at needs distinct finite eye and target, got eye={eye.tolist()}, target={np.asarray(target).tolist()}.")
     z = z / np.linalg.norm(z)
     up = np.asarray(up, dtype=np.float64)
     if abs(np.dot(z, up / np.linalg.norm(up))) > 0.999:
