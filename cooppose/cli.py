@@ -25,7 +25,28 @@ def _add_onboard(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-COMMANDS = [_add_onboard]
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="BOP19 scores (AR_VSD, AR_MSSD, AR_MSPD, AR) of a results CSV, as one JSON object")
+    p.add_argument("--dataset", required=True, help="BOP dataset folder (with test_targets_bop19.json, camera.json)")
+    p.add_argument("--results", required=True, help="BOP19 results CSV (METHOD_DATASET-SPLIT.csv)")
+    p.add_argument("--split", default="test", help="split folder (default test)")
+    p.add_argument("--models-dir", default=None, help="evaluation meshes (default: models_eval/ if present, else models/)")
+    p.add_argument("--no-vsd", action="store_true", help="skip VSD even where depth images exist")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from cooppose.eval.scoring import score_results
+
+        scores = score_results(args.dataset, args.results, split=args.split, models_dir=args.models_dir,
+                               vsd=False if args.no_vsd else None)
+        print(json.dumps(scores, indent=1))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+COMMANDS = [_add_onboard, _add_score]
 
 
 def build_parser() -> argparse.ArgumentParser:
