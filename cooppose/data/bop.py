@@ -356,9 +356,9 @@ def load_scene_gt_info(path: str | os.PathLike) -> dict[int, list[GtInfo]]:
             rows.append(GtInfo(
                 bbox_obj=_box(path, f"{where} bbox_obj", _field(path, where, e, "bbox_obj")),
                 bbox_visib=_box(path, f"{where} bbox_visib", _field(path, where, e, "bbox_visib")),
-                px_count_all=_number(path, where, _field(path, where, e, "px_count_all"), integer=True),
-                px_count_valid=_number(path, where, _field(path, where, e, "px_count_valid"), integer=True),
-                px_count_visib=_number(path, where, _field(path, where, e, "px_count_visib"), integer=True),
+                px_count_all=_number(path, f"{where} px_count_all", _field(path, where, e, "px_count_all"), integer=True),
+                px_count_valid=_number(path, f"{where} px_count_valid", _field(path, where, e, "px_count_valid"), integer=True),
+                px_count_visib=_number(path, f"{where} px_count_visib", _field(path, where, e, "px_count_visib"), integer=True),
                 visib_fract=_number(path, f"{where} visib_fract", _field(path, where, e, "visib_fract")),
             ))
         out[im] = rows
