@@ -9,7 +9,7 @@ from cooppose.errors import CameraError, InputError
 from cooppose.geometry.camera import check_intrinsics, make_crop, square_box, warp
 from cooppose.geometry.transforms import project
 
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 K = np.array([[600.0, 0.0, 320.0], [0.0, 580.0, 240.0], [0.0, 0.0, 1.0]])
 
 boxes = st.tuples(
@@ -49,7 +49,7 @@ def test_crop_intrinsics_match_cropped_projection(box, size, pad):
     assert np.allclose(project(crop.K, X), crop.to_crop(project(K, X)), atol=1e-8)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(st.integers(0, 2**32 - 1))
 def test_warp_moves_bright_pixel_where_to_crop_says(seed):
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ from cooppose.geometry.pnp import (
 )
 from cooppose.geometry.transforms import make_pose, project, random_rotations, so3_log, transform_points
 
-SETTINGS = settings(max_examples=15, deadline=None)
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 seeds = st.integers(0, 2**32 - 1)
 K = np.array([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
 
