@@ -275,6 +275,13 @@ def test_refiner_crop_is_centred_and_covers_the_model():
     wide = refiner_crop(T, pts, K, image_box=(0.0, 0.0, 400.0, 300.0), size=S)
     corners = wide.to_crop(np.array([[0.0, 0.0], [400.0, 300.0]]))
     assert np.all((corners >= -0.5) & (corners <= S - 0.5))
+    import trimesh
+
+    from cooppose.objects import ObjectModel
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=50.0)  # 2562 vertices: the hull path
+    model = ObjectModel.from_arrays(np.asarray(sphere.vertices) + 7.0, np.asarray(sphere.faces))
+    assert np.allclose(refiner_crop(T, model, K, size=S).A, refiner_crop(T, model.vertices, K, size=S).A)
     behind = T.copy()
     behind[2, 3] = -100.0
     with pytest.raises(InputError):

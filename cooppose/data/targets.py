@@ -183,12 +183,16 @@ def perturb_pose(
     return make_pose(R_noise @ T_gt[:3, :3], t)
 
 
-def _model_points(obj) -> np.ndarray:
+def _model_extent(obj) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding-box centre (3,) and the points (M, 3) whose projections bound the model's (its hull when known)."""
     pts = obj if isinstance(obj, np.ndarray) else getattr(obj, "vertices", None)
     pts = None if pts is None else np.asarray(pts, dtype=np.float64)
     if pts is None or pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
         raise InputError("refiner_crop needs an ObjectModel (with .vertices in mm) or an (N, 3) array of model points.")
-    return pts
+    hull = getattr(obj, "hull_indices", None)  # extreme projections of a point set lie on its convex hull
+    if hull is not None:
+        return np.asarray(obj.center, dtype=np.float64), pts[hull]
+    return (pts.min(0) + pts.max(0)) / 2, pts
 
 
 def refiner_crop(
@@ -206,8 +210,7 @@ def refiner_crop(
     observed box (x0, y0, x1, y1) the crop must also cover), then scaled by `pad`.
     """
     T_pose = _check_pose("T_pose", T_pose)
-    pts = _model_points(obj)
-    center = (pts.min(0) + pts.max(0)) / 2
+    center, pts = _model_extent(obj)
     Xc = transform_points(T_pose, np.vstack([center[None], pts]))
     if np.any(Xc[:, 2] <= 0):
         raise InputError(f"refiner_crop: the object is (partly) behind the camera at this pose (t = {T_pose[:3, 3].tolist()} mm).")
