@@ -1,0 +1,120 @@
+"""Named network sizes: `paper` (Co-op's CroCo v2 ViT-L/B and ViT-B/S at 224 px) and `tiny` (CPU, 160 px).
+
+`tiny` was sized by measurement on a 2-core CPU (benchmarks/bench_models.py): the coarse and refiner
+models train at >= 15 samples/s and each shipped fp16 file stays well under 20 MB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from cooppose.errors import ConfigError
+
+KINDS = ("coarse", "refiner", "selection")
+SIZES = ("tiny", "paper")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyper-parameter of one network; fields of the other kinds' heads are ignored."""
+
+    kind: str
+    size: str
+    img_size: int
+    enc_embed_dim: int
+    enc_depth: int
+    enc_num_heads: int
+    dec_embed_dim: int
+    dec_depth: int
+    dec_num_heads: int
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    rope_base: float = 100.0
+    # coarse head: width of the query/template projections compared by scaled dot product
+    match_dim: int = 128
+    # refiner head: DPT taps (global block index: encoder blocks first, then decoder blocks)
+    dpt_hooks: tuple[int, int, int, int] = (5, 7, 8, 9)
+    dpt_layer_dims: tuple[int, int, int, int] = (24, 48, 96, 192)
+    dpt_feature_dim: int = 32
+    dpt_last_dim: int = 16  # channels of the last full-resolution conv
+    flow_radius: float = 2.0  # R (pixels) in flow_probability = 1 - exp(-R / b)
+    scale_min: float = 0.25  # bounds (pixels) of the Laplace scale b
+    scale_max: float = 16.0
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image, Np."""
+        return self.grid * self.grid
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+_BASE = {
+    ("coarse", "tiny"): dict(img_size=160, enc_embed_dim=192, enc_depth=6, enc_num_heads=3,
+                             dec_embed_dim=192, dec_depth=4, dec_num_heads=3, match_dim=128),
+    ("refiner", "tiny"): dict(img_size=160, enc_embed_dim=192, enc_depth=6, enc_num_heads=3,
+                              dec_embed_dim=192, dec_depth=4, dec_num_heads=3,
+                              dpt_hooks=(5, 7, 8, 9), dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=32,
+                              dpt_last_dim=16),
+    ("selection", "tiny"): dict(img_size=160, enc_embed_dim=192, enc_depth=4, enc_num_heads=3,
+                                dec_embed_dim=192, dec_depth=2, dec_num_heads=3),
+    ("coarse", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
+                              dec_embed_dim=768, dec_depth=12, dec_num_heads=12, match_dim=256),
+    ("refiner", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
+                               dec_embed_dim=768, dec_depth=12, dec_num_heads=12,
+                               dpt_hooks=(23, 27, 31, 35), dpt_layer_dims=(96, 192, 384, 768), dpt_feature_dim=256,
+                               dpt_last_dim=32),
+    ("selection", "paper"): dict(img_size=224, enc_embed_dim=768, enc_depth=12, enc_num_heads=12,
+                                 dec_embed_dim=512, dec_depth=8, dec_num_heads=16),
+}
+
+
+def get_config(kind: str, size: str = "tiny", **overrides) -> ModelConfig:
+    """The named configuration of `kind` x `size`, with optional field overrides (checked)."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; choose one of {KINDS}.")
+    if size not in SIZES:
+        raise ConfigError(f"unknown model size {size!r}; choose one of {SIZES}.")
+    return config_from_dict({"kind": kind, "size": size, **_BASE[kind, size], **overrides})
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """Rebuild and validate a ModelConfig from `to_dict()` output (lists become tuples)."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ConfigError(f"unknown model config fields {sorted(unknown)}; valid fields are {sorted(fields)}.")
+    try:
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except TypeError as err:
+        raise ConfigError(f"incomplete model config: {err}") from err
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: ModelConfig) -> None:
+    if cfg.kind not in KINDS:
+        raise ConfigError(f"model config kind {cfg.kind!r} is not one of {KINDS}.")
+    if cfg.img_size % cfg.patch_size:
+        raise ConfigError(f"img_size {cfg.img_size} must be a multiple of patch_size {cfg.patch_size}.")
+    for name in ("enc", "dec"):
+        dim, heads = getattr(cfg, f"{name}_embed_dim"), getattr(cfg, f"{name}_num_heads")
+        if dim % heads or (dim // heads) % 4:
+            raise ConfigError(f"{name}_embed_dim {dim} / {name}_num_heads {heads} must give a head width divisible by 4 (RoPE2D).")
+    if cfg.kind == "refiner":
+        n_blocks = cfg.enc_depth + cfg.dec_depth
+        if len(cfg.dpt_hooks) != 4 or not all(0 <= h < n_blocks for h in cfg.dpt_hooks) or cfg.dpt_hooks[1] < cfg.enc_depth:
+            raise ConfigError(
+                f"dpt_hooks {cfg.dpt_hooks} must be 4 block indices in [0, {n_blocks}) with the last three in the decoder "
+                f"(>= enc_depth {cfg.enc_depth})."
+            )
+        if not 0 < cfg.scale_min < cfg.scale_max:
+            raise ConfigError(f"need 0 < scale_min < scale_max, got {cfg.scale_min}, {cfg.scale_max}.")

@@ -1,0 +1,184 @@
+"""Task heads of the three Co-op networks: coarse patch classification + offsets, refiner DPT, selection score."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cooppose.models.vit import LN_EPS, Mlp
+
+
+class CoarseHead(nn.Module):
+    """Per query patch: logits over the template's Np patches + "no match" (index Np), and a sub-patch offset.
+
+    Design (method.md 2.3 leaves the head form open):
+    - Match logits are a scaled dot product between projected decoded query tokens and projected
+      template encoder tokens, logit[i, k] = <q_i, t_k> * exp(tau) / sqrt(d). A per-class Linear layer
+      would tie class k to a fixed weight vector, i.e. to the absolute patch index; the dot product
+      instead compares content, so permuting the template's patches permutes the logits the same
+      way (equivariance), and the head has no parameters per class, so it works at any Np.
+    - The template side uses the cached encoder tokens (after enc_norm), so at inference the 42
+      templates are encoded once and only the decoder + this head run per query-template pair.
+    - The "no match" logit comes from an MLP on the decoded query token alone: whether a query patch
+      has a partner (background, occlusion, hidden surface) is a property of the query in context.
+    - The offset (x, y) in patch units comes from an MLP on the decoded query token concatenated
+      with the softmax-attended projected template token, bounded to [-0.5, 0.5] by 0.5 * tanh; it
+      sees the appearance of the template patch it is being placed in.
+    """
+
+    def __init__(self, dec_dim: int, enc_dim: int, match_dim: int):
+        super().__init__()
+        self.match_dim = match_dim
+        self.query_proj = nn.Linear(dec_dim, match_dim)
+        self.template_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
+        self.template_proj = nn.Linear(enc_dim, match_dim)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.no_match = Mlp(dec_dim, dec_dim, 1)
+        self.offset = Mlp(dec_dim + match_dim, dec_dim, 2)
+
+    def forward(self, query_dec: torch.Tensor, template_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decoded query (B, Np, Dd) + template encoder tokens (B, Np, De) -> logits (B, Np, Np+1), offsets (B, Np, 2)."""
+        q = self.query_proj(query_dec)  # (B, Np, M)
+        t = self.template_proj(self.template_norm(template_tokens))  # (B, Np, M)
+        match = q @ t.transpose(1, 2) * (self.log_temperature.exp() / math.sqrt(self.match_dim))  # (B, Np, Np)
+        logits = torch.cat([match, self.no_match(query_dec)], -1)  # (B, Np, Np + 1)
+        attended = match.softmax(-1) @ t  # (B, Np, M)
+        offsets = 0.5 * torch.tanh(self.offset(torch.cat([query_dec, attended], -1)))  # (B, Np, 2)
+        return {"logits": logits, "offsets": offsets}
+
+
+def template_score(logits: torch.Tensor) -> torch.Tensor:
+    """Template ranking score (method.md 2.4 (a)): mean over query patches of 1 - p(no match); logits (B, Np, Np+1) -> (B,)."""
+    return 1.0 - logits.float().softmax(-1)[..., -1].mean(-1)
+
+
+class _ResidualConv(nn.Module):
+    """ReLU-conv3x3-ReLU-conv3x3 with a skip connection (DPT's residual conv unit)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class _Fusion(nn.Module):
+    """DPT fusion: add the refined skip feature, refine, upsample x2 (bilinear), 1x1 conv."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.res_skip = _ResidualConv(ch)
+        self.res_out = _ResidualConv(ch)
+        self.out_conv = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """x (B, C, h, w) [+ skip of the same size] -> (B, C, size or 2h x 2w)."""
+        if skip is not None:
+            x = x + self.res_skip(skip)
+        x = self.res_out(x)
+        size = size or (2 * x.shape[-2], 2 * x.shape[-1])
+        return self.out_conv(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
+
+
+class DPTHead(nn.Module):
+    """Dense head on 4 token maps (DPT): reassemble at 1/4, 1/8, 1/16, 1/32 of the input, fuse coarse-to-fine, predict at full size.
+
+    Outputs `out_channels` maps at img_size x img_size; no batch norm, so a batch split across
+    processes gives the same result as the whole batch.
+    """
+
+    def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
+                 img_size: int, out_channels: int, last_dim: int):
+        super().__init__()
+        self.grid = grid
+        self.img_size = img_size
+        resample = [
+            nn.ConvTranspose2d(layer_dims[0], layer_dims[0], 4, stride=4),
+            nn.ConvTranspose2d(layer_dims[1], layer_dims[1], 2, stride=2),
+            nn.Identity(),
+            nn.Conv2d(layer_dims[3], layer_dims[3], 3, stride=2, padding=1),
+        ]
+        self.reassemble = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(td, ld, 1), rs) for td, ld, rs in zip(token_dims, layer_dims, resample)
+        )
+        self.project = nn.ModuleList(nn.Conv2d(ld, feature_dim, 3, padding=1, bias=False) for ld in layer_dims)
+        self.fusion = nn.ModuleList(_Fusion(feature_dim) for _ in range(4))
+        self.out = nn.Sequential(
+            nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),
+            nn.Upsample(size=(img_size, img_size), mode="bilinear", align_corners=True),
+            nn.Conv2d(feature_dim // 2, last_dim, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(last_dim, out_channels, 1),
+        )
+
+    def forward(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """4 token sets (B, N, C_i), N = grid^2 -> maps (B, out_channels, img_size, img_size)."""
+        B = tokens[0].shape[0]
+        maps = [t.transpose(1, 2).reshape(B, t.shape[-1], self.grid, self.grid) for t in tokens]
+        feats = [proj(re(m)) for m, re, proj in zip(maps, self.reassemble, self.project)]  # 1/4 .. 1/32
+        x = self.fusion[3](feats[3], size=feats[2].shape[-2:])
+        x = self.fusion[2](x, feats[2], size=feats[1].shape[-2:])
+        x = self.fusion[1](x, feats[1], size=feats[0].shape[-2:])
+        x = self.fusion[0](x, feats[0])
+        return self.out(x)
+
+
+class RefinerHead(nn.Module):
+    """DPT trunk with 5 channels -> flow (2), Laplace scale b, certainty, sensitivity, and their products.
+
+    - flow (B, 2, S, S): displacement in pixels from each rendered pixel into the query crop
+    - scale b (B, 1, S, S) in [scale_min, scale_max] pixels (bounded sigmoid, as CroCo-Flow)
+    - certainty (B, 1, S, S) in (0, 1): the rendered pixel is visible in the query
+    - sensitivity (B, 1, S, S) >= 0 (softplus): pose-informativeness, trained through the pose loss only
+    - flow_probability = 1 - exp(-R / b) = P(|flow error|_1 < R) under the Laplace model
+    - confidence = flow_probability * certainty * sensitivity (the PnP weights)
+    """
+
+    def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
+                 img_size: int, last_dim: int, flow_radius: float, scale_min: float, scale_max: float):
+        super().__init__()
+        self.dpt = DPTHead(token_dims, layer_dims, feature_dim, grid, img_size, out_channels=5, last_dim=last_dim)
+        self.flow_radius = flow_radius
+        self.scale_min = scale_min
+        self.scale_max = scale_max
+
+    def forward(self, tokens: list[torch.Tensor], flow_radius: float | None = None) -> dict[str, torch.Tensor]:
+        """4 token sets (B, N, C_i) -> dict of (B, C, S, S) maps (see the class docstring)."""
+        raw = self.dpt(tokens).float()  # (B, 5, S, S)
+        scale = self.scale_min + (self.scale_max - self.scale_min) * torch.sigmoid(raw[:, 2:3])
+        certainty_logit = raw[:, 3:4]
+        certainty = torch.sigmoid(certainty_logit)
+        sensitivity = F.softplus(raw[:, 4:5])
+        prob = flow_probability(scale, self.flow_radius if flow_radius is None else flow_radius)
+        return {
+            "flow": raw[:, 0:2],
+            "scale": scale,
+            "certainty": certainty,
+            "certainty_logit": certainty_logit,
+            "sensitivity": sensitivity,
+            "flow_probability": prob,
+            "confidence": prob * certainty * sensitivity,
+        }
+
+
+def flow_probability(scale: torch.Tensor, radius: float) -> torch.Tensor:
+    """P(|e|_1 < R) for a Laplace flow error of scale b: 1 - exp(-R / b); same shape as scale."""
+    return -torch.expm1(-radius / scale)
+
+
+class SelectionHead(nn.Module):
+    """Hypothesis score: mean-pooled decoded tokens (after dec_norm) -> Linear -> one logit."""
+
+    def __init__(self, dec_dim: int):
+        super().__init__()
+        self.score = nn.Linear(dec_dim, 1)
+
+    def forward(self, dec: torch.Tensor) -> torch.Tensor:
+        """Decoded tokens (B, N, Dd) -> logit (B,)."""
+        return self.score(dec.mean(1))[:, 0]
