@@ -133,3 +133,18 @@ def test_reproduces_official_bop_toolkit_on_lmo(shared_data):
     variant = expected["variant_visib_gt_min_0.1"]
     assert s["n_targets"] != variant["n_targets"] and abs(s["AR_MSSD"] - variant["AR_MSSD"]) > 1e-3
     assert s["AR_VSD"] is None and s["AR"] == pytest.approx(off["AR_MSSD_MSPD_mean"], abs=1e-6)
+
+
+def test_vsd_end_to_end_on_real_lmo_depth(shared_data):
+    folder = shared_data / "lmo-frame3"
+    gts = bop.BopDataset(folder).scene_gt(2)[3]
+    from cooppose.render import Renderer
+
+    ren = Renderer()
+    exact = score_results(folder, [bop.PoseEstimate(2, 3, g.obj_id, 1.0, g.R, g.t) for g in gts], renderer=ren)
+    assert exact["n_targets"] == 8 and exact["AR_VSD"] == 1.0 and exact["AR"] == 1.0
+    # 20 mm farther along the viewing ray: same image (MSPD 1), wrong depth (VSD and MSSD drop)
+    far = [bop.PoseEstimate(2, 3, g.obj_id, 1.0, g.R, g.t * (1 + 20 / np.linalg.norm(g.t))) for g in gts]
+    s = score_results(folder, far, renderer=ren)
+    assert s["AR_MSPD"] == 1.0 and 0.6 < s["AR_VSD"] < 0.9 and 0.6 < s["AR_MSSD"] < 0.9
+    assert s["recall_VSD_per_threshold"]["0.05"]["0.50"] < s["recall_VSD_per_threshold"]["0.50"]["0.50"]

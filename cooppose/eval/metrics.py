@@ -173,6 +173,20 @@ def vsd(depth_est: np.ndarray, depth_gt: np.ndarray, depth_test: np.ndarray, K: 
     return (costs + comp) / float(union_count)
 
 
+def render_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """4x4 pose for rendering with R replaced by its nearest rotation (SVD).
+
+    Annotations and results files store R with a few decimals (LM-O GT deviates from orthonormal by up
+    to 2e-3); the projection changes by far less than a pixel, but renderers require a rigid pose.
+    """
+    from cooppose.geometry.transforms import make_pose
+
+    R, t = _rt(R, t)
+    U, _, Vt = np.linalg.svd(R)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return make_pose(U @ D @ Vt, t)
+
+
 def vsd_rendered(renderer, mesh, R_e: np.ndarray, t_e: np.ndarray, R_g: np.ndarray, t_g: np.ndarray,
                  depth_test: np.ndarray, K: np.ndarray, diameter: float, delta: float = VSD_DELTA,
                  taus: Iterable[float] = VSD_TAUS, depth_gt: np.ndarray | None = None) -> np.ndarray:
@@ -184,12 +198,10 @@ def vsd_rendered(renderer, mesh, R_e: np.ndarray, t_e: np.ndarray, R_g: np.ndarr
     taus = list(taus)
     if not sphere_projections_overlap(0.5 * diameter, t_e, t_g):
         return np.ones(len(taus))
-    from cooppose.geometry.transforms import make_pose
-
     size = depth_test.shape[:2]
-    depth_est = renderer.render(mesh, K, make_pose(*_rt(R_e, t_e)), size=size).depth
+    depth_est = renderer.render(mesh, K, render_pose(R_e, t_e), size=size).depth
     if depth_gt is None:
-        depth_gt = renderer.render(mesh, K, make_pose(*_rt(R_g, t_g)), size=size).depth
+        depth_gt = renderer.render(mesh, K, render_pose(R_g, t_g), size=size).depth
     return vsd(depth_est, depth_gt, depth_test, K, diameter, delta, taus, True, "step")
 
 

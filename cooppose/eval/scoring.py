@@ -135,7 +135,7 @@ def score_results(
                     mspd[a, b] = M.mspd(e.R, e.t, R_g, t_g, K, model.points, model.symmetries) * (640.0 / width)
                     if do_vsd and M.sphere_projections_overlap(0.5 * model.diameter, e.t, t_g):
                         if g not in gt_depth:
-                            gt_depth[g] = renderer.render(model.mesh, K, _pose(R_g, t_g), size=depth_test.shape).depth
+                            gt_depth[g] = renderer.render(model.mesh, K, M.render_pose(R_g, t_g), size=depth_test.shape).depth
                         vsd_err[a, b] = M.vsd_rendered(renderer, model.mesh, e.R, e.t, R_g, t_g, depth_test, K,
                                                        model.diameter, vsd_delta, M.VSD_TAUS, depth_gt=gt_depth[g])
             v = valid[gt_ids]
@@ -173,12 +173,6 @@ def score_results(
         "top inst_count estimates per (image, object); greedy matching by score; recall over valid GT"
     )
     return out
-
-
-def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    from cooppose.geometry.transforms import make_pose
-
-    return make_pose(np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64).reshape(3))
 
 
 def _per_object(groups: list[M.MatchGroup], tps: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
