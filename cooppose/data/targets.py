@@ -226,16 +226,18 @@ def refiner_crop(
 
 
 def _gt_projection(render_xyz: np.ndarray, render_mask: np.ndarray, K_crop: np.ndarray, T_gt: np.ndarray):
-    render_xyz = np.asarray(render_xyz, dtype=np.float64)
+    """Rendered object pixels (v, u) (n,) each, their points projected at T_gt q (n, 2) and depth z (n,), over (H, W)."""
+    render_xyz = np.asarray(render_xyz)
     if render_xyz.ndim != 3 or render_xyz.shape[2] != 3:
         raise InputError(f"render_xyz must be an (H, W, 3) object-coordinate map in mm, got {render_xyz.shape}.")
     H, W = render_xyz.shape[:2]
-    mask = _check_map("render_mask", render_mask, (H, W)).astype(bool) & np.isfinite(render_xyz).all(-1)
-    X = np.where(mask[..., None], render_xyz, 0.0).reshape(-1, 3)
+    mask = _check_map("render_mask", render_mask, (H, W)).astype(bool)
+    v, u = np.nonzero(mask)
+    X = render_xyz[v, u].astype(np.float64)  # (n, 3)
     Xc = transform_points(_check_pose("T_gt", T_gt), X)
-    q = project(np.asarray(K_crop, dtype=np.float64), Xc).reshape(H, W, 2)
-    z = Xc[:, 2].reshape(H, W)
-    return q, z, mask & (z > 0)
+    ok = np.isfinite(Xc).all(-1) & (Xc[:, 2] > 0)  # in front of the camera at T_gt
+    v, u, Xc = v[ok], u[ok], Xc[ok]
+    return v, u, project(np.asarray(K_crop, dtype=np.float64), Xc), Xc[:, 2], (H, W)
 
 
 def flow_targets(render_xyz: np.ndarray, render_mask: np.ndarray, K_crop: np.ndarray, T_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,11 +246,13 @@ def flow_targets(render_xyz: np.ndarray, render_mask: np.ndarray, K_crop: np.nda
     Returns the flow (0 where invalid) and its validity (H, W) bool: the pixel shows the object and the point is in
     front of the camera at T_gt.
     """
-    q, _, valid = _gt_projection(render_xyz, render_mask, K_crop, T_gt)
-    H, W = valid.shape
-    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-    flow = np.stack([q[..., 0] - u, q[..., 1] - v], 0)
-    return np.where(valid[None], flow, 0.0).astype(np.float32), valid
+    v, u, q, _, (H, W) = _gt_projection(render_xyz, render_mask, K_crop, T_gt)
+    flow = np.zeros((2, H, W), np.float32)
+    flow[0, v, u] = q[:, 0] - u
+    flow[1, v, u] = q[:, 1] - v
+    valid = np.zeros((H, W), bool)
+    valid[v, u] = True
+    return flow, valid
 
 
 def certainty_targets(
@@ -266,15 +270,18 @@ def certainty_targets(
     """
     if not tol_mm > 0:
         raise InputError(f"tol_mm must be > 0, got {tol_mm}; use about 1-2 % of the object diameter.")
-    q, z, valid = _gt_projection(render_xyz, render_mask, K_crop, T_gt)
-    depth = np.asarray(query_depth_crop, dtype=np.float64)
+    v, u, q, z, (H, W) = _gt_projection(render_xyz, render_mask, K_crop, T_gt)
+    depth = np.asarray(query_depth_crop)
     if depth.ndim != 2:
         raise InputError(f"query_depth_crop must be an (H, W) depth map in mm, got {depth.shape}.")
     Hq, Wq = depth.shape
-    pix = np.rint(np.where(valid[..., None] & np.isfinite(q), q, -1.0)).astype(np.int64)
-    inside = valid & (pix[..., 0] >= 0) & (pix[..., 0] < Wq) & (pix[..., 1] >= 0) & (pix[..., 1] < Hq)
-    d = np.where(inside, depth[pix[..., 1].clip(0, Hq - 1), pix[..., 0].clip(0, Wq - 1)], 0.0)
-    return (inside & (d > 0) & (np.abs(z - d) < tol_mm)).astype(np.float32)
+    pix = np.rint(np.where(np.isfinite(q), q, -1.0)).astype(np.int64)
+    inside = (pix[:, 0] >= 0) & (pix[:, 0] < Wq) & (pix[:, 1] >= 0) & (pix[:, 1] < Hq)
+    d = np.zeros(len(z))
+    d[inside] = depth[pix[inside, 1], pix[inside, 0]]
+    out = np.zeros((H, W), np.float32)
+    out[v, u] = inside & (d > 0) & (np.abs(z - d) < tol_mm)
+    return out
 
 
 def selection_label(
