@@ -164,10 +164,22 @@ def random_poses(rng: np.random.Generator, models: list[ObjectModel], K: np.ndar
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """BOP box (x, y, w, h) of a mask's pixels; (-1, -1, -1, -1) when empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+    if len(cols) == 0:
         return (-1, -1, -1, -1)
-    return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+    return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+
+
+def _isolated(k: int, boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> bool:
+    """True when box k lies inside the image and meets no other box: nothing can hide that object."""
+    H, W = size
+    x, y, w, h = boxes[k]
+    if x < 0 or y < 0 or x + w > W or y + h > H:
+        return False
+    for j, (x2, y2, w2, h2) in enumerate(boxes):
+        if j != k and x < x2 + w2 and x2 < x + w and y < y2 + h2 and y2 < y + h:
+            return False
+    return True
 
 
 def projected_bbox(model: ObjectModel, K: np.ndarray, T: np.ndarray) -> tuple[int, int, int, int]:
@@ -221,9 +233,13 @@ def generate_image(index: int, seed: int, pool: ObjectPool, cfg: SceneConfig, re
     fg = scene.instance >= 0
     rgb = np.where(fg[..., None], scene.rgb, background)
     gt, info, masks, masks_visib = [], [], [], []
+    boxes = [projected_bbox(m, K, T) for m, T in zip(models, poses)]  # contain every covered pixel centre
     for k, obj_id in enumerate(ann_ids):
-        full, bbox_obj = silhouette(renderer, models[k], K, poses[k], (H, W))
         visib = scene.instance == k
+        if _isolated(k, boxes, (H, W)):  # unoccluded and uncut: the visible mask is the whole silhouette
+            full, bbox_obj = visib, _bbox(visib)
+        else:
+            full, bbox_obj = silhouette(renderer, models[k], K, poses[k], (H, W))
         n_all, n_visib = int(full.sum()), int(visib.sum())
         gt.append(GtPose(obj_id=obj_id, R=poses[k][:3, :3], t=poses[k][:3, 3]))
         info.append(
