@@ -21,7 +21,7 @@ from cooppose.data.targets import (
     selection_label,
 )
 from cooppose.errors import InputError
-from cooppose.geometry.transforms import look_at, make_pose, project, rotation_error_deg, transform_points
+from cooppose.geometry.transforms import look_at, make_pose, project, transform_points
 
 S = 160
 HALF = np.array([40.0, 30.0, 20.0])  # object: a 80 x 60 x 40 mm box centred at its origin

@@ -26,7 +26,7 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
 from cooppose.data.augment import augment_rgb
-from cooppose.data.bop import BopDataset
+from cooppose.data.bop import BopDataset, load_models_info
 from cooppose.data.targets import (
     certainty_targets,
     choose_template,
@@ -206,8 +206,6 @@ class SceneInstances(Dataset):
         self.models_dir = Path(models) if models is not None else self.sources[0][0].models_dir
         if not (self.models_dir / "models_info.json").is_file():
             raise DatasetError(f"{self.models_dir} has no models_info.json; set the dataset config 'models' to the objects folder.")
-        from cooppose.data.bop import load_models_info
-
         self.known_objects = set(load_models_info(self.models_dir / "models_info.json"))
         self.items = self._index()
         if not self.items:
