@@ -4,8 +4,10 @@ Usage: python benchmarks/bench_datasets.py [--scenes DIR] [--n 40] [--size 160] 
 
 Without --scenes it first makes a small synthetic set (procedural objects, 640x480 images) in a
 temporary folder. Samples are read in a shuffled order, as training does. "cold" is the first
-sample (meshes loaded, renderer created); "warm" the median and mean of the rest. torch runs with
---threads intra-op threads, 1 by default as inside DataLoader workers.
+sample (meshes loaded, renderer created); "warm" the median and mean of the rest. "cpu" is the
+median process CPU time per warm sample: with 1 torch thread and llvmpipe at LP_NUM_THREADS=0 (set
+by the GL backend) a sample runs on one core, so on a shared, loaded machine it estimates the wall
+time of an idle one. torch runs with --threads intra-op threads, 1 by default as in DataLoader workers.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ def bench(kind: str, scenes: Path, n: int, size: int) -> dict:
 
     ds = build_dataset(kind, {"scenes": str(scenes), "size": size, "val_fraction": 0.0}, "train")
     order = np.random.default_rng(0).permutation(len(ds))[:n]
-    times = []
+    times, cpu = [], []
     for i in order:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         ds[int(i)]
         times.append(1000 * (time.perf_counter() - t))
+        cpu.append(1000 * (time.process_time() - c))
     return {"kind": kind, "n": len(times), "cold_ms": times[0], "warm_ms": float(np.median(times[1:])),
-            "mean_ms": float(np.mean(times[1:]))}
+            "mean_ms": float(np.mean(times[1:])), "cpu_ms": float(np.median(cpu[1:]))}
 
 
 def main() -> None:
@@ -61,7 +64,7 @@ def main() -> None:
         for kind in ("coarse", "refiner", "selection"):
             r = bench(kind, scenes, args.n, args.size)
             print(f"{kind:9s} {r['n']:3d} samples: warm median {r['warm_ms']:6.1f} ms, mean {r['mean_ms']:6.1f} ms, "
-                  f"cold {r['cold_ms']:6.0f} ms")
+                  f"cpu {r['cpu_ms']:6.1f} ms, cold {r['cold_ms']:6.0f} ms")
 
 
 if __name__ == "__main__":
