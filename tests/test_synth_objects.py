@@ -186,3 +186,15 @@ def test_pybullet_meshes_exclude_the_duck_and_keep_urdf_sizes():
     assert jenga.texture is not None and jenga.source["path"] == "jenga/jenga.obj"
     blob = load_package_object(meshes[len(CURATED)], np.random.default_rng(0))
     assert DIAMETER_RANGE_MM[0] <= diameter(blob.vertices) <= DIAMETER_RANGE_MM[1]
+
+
+def test_broken_package_meshes_are_skipped_with_a_warning(tmp_path):
+    from cooppose.data.synth.sources import CURATED, package_meshes, package_objects
+
+    blob = tmp_path / "random_urdfs" / "000"
+    blob.mkdir(parents=True)
+    (blob / "000.urdf").write_text('<mesh filename="000.obj" scale="0.015 0.015 0.015"/><color rgba="0.1 0.2 0.3 1"/>')
+    (blob / "000.obj").write_text("v nan nan nan\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    assert len(package_meshes(tmp_path)) == len(CURATED) + 1
+    with pytest.warns(UserWarning, match="non-finite"):
+        assert list(package_objects(0, root=tmp_path)) == []  # the curated files are absent here too

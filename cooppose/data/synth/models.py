@@ -108,21 +108,20 @@ def write_models(models_dir: str | os.PathLike, objects: Iterable[tuple[int, Syn
 
 
 def make_object_set(models_dir: str | os.PathLike, n: int, seed: int, pybullet: bool = False, progress: bool = False) -> dict[int, dict]:
-    """Write n procedural objects (ids 1..n) and, with `pybullet`, the pybullet_data meshes (ids n+1...)."""
+    """Write n procedural objects (ids 1..n) and, with `pybullet`, the usable pybullet_data meshes (ids n+1...)."""
+    import itertools
+
     from tqdm import tqdm
 
     from cooppose.data.synth.objects import procedural_object
-    from cooppose.data.synth.sources import load_package_object, package_meshes, pybullet_data_root
+    from cooppose.data.synth.sources import package_meshes, package_objects
 
-    if n < 0:
-        raise DatasetError(f"the number of procedural objects must be >= 0, got {n}.")
-    jobs: list = [(i + 1, lambda i=i: procedural_object(seed, i)) for i in range(n)]
+    if n < 0 or (n == 0 and not pybullet):
+        raise DatasetError(f"no objects to write: give n > 0 procedural objects or pybullet=True (got n={n}).")
+    objects = (procedural_object(seed, i) for i in range(n))
+    total = n
     if pybullet:
-        root = pybullet_data_root()
-        for k, entry in enumerate(package_meshes(root)):
-            rng_seed = [seed, 1_000_000 + k]
-            jobs.append((n + 1 + k, lambda e=entry, s=rng_seed: load_package_object(e, np.random.default_rng(s), root)))
-    if not jobs:
-        raise DatasetError("no objects to write: give n > 0 or pybullet=True.")
-    bar = tqdm(jobs, desc="objects", unit="obj", disable=not progress)
-    return write_models(models_dir, ((obj_id, make()) for obj_id, make in bar))
+        objects = itertools.chain(objects, package_objects(seed))
+        total += len(package_meshes())
+    bar = tqdm(objects, total=total, desc="objects", unit="obj", disable=not progress)
+    return write_models(models_dir, enumerate(bar, start=1))

@@ -9,6 +9,8 @@ one exists (else a plausible real size), clamped to a diameter in [30, 300] mm. 
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +122,12 @@ def load_package_object(entry: PackageMesh, rng: np.random.Generator, root: Path
     mesh = trimesh.load(str(path), force="mesh", process=False)
     vertices = np.asarray(mesh.vertices, np.float64) * np.asarray(entry.scale_mm)
     faces = np.asarray(mesh.faces, np.int64)
+    if len(faces) == 0 or not np.all(np.isfinite(vertices)):
+        raise MeshError(f"{path} has no faces or non-finite vertices; it is skipped.")
     keep = np.linalg.norm(np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1) > 0
     faces = faces[keep]
+    if len(faces) == 0:
+        raise MeshError(f"{path} has only degenerate triangles; it is skipped.")
     vertices = vertices - (vertices.min(0) + vertices.max(0)) / 2
     d = diameter(vertices)
     vertices *= float(np.clip(d, *DIAMETER_RANGE_MM)) / d
@@ -148,7 +154,14 @@ def load_package_object(entry: PackageMesh, rng: np.random.Generator, root: Path
     return SynthObject(v, f, nrm.astype(np.float32), colors=col.astype(np.uint8), source=source)
 
 
-def package_objects(seed: int, root: Path | None = None) -> list[SynthObject]:
-    """All package meshes as SynthObjects; object k uses the generator seeded by (seed, k)."""
+def package_objects(seed: int, root: Path | None = None) -> Iterator[SynthObject]:
+    """The usable package meshes as SynthObjects, in order; mesh k uses the generator seeded by (seed, 1e6 + k).
+
+    Broken files (pybullet_data has a few random_urdfs with NaN vertices) are skipped with a warning.
+    """
     root = pybullet_data_root() if root is None else Path(root)
-    return [load_package_object(m, np.random.default_rng([seed, 1_000_000 + k]), root) for k, m in enumerate(package_meshes(root))]
+    for k, entry in enumerate(package_meshes(root)):
+        try:
+            yield load_package_object(entry, np.random.default_rng([seed, 1_000_000 + k]), root)
+        except MeshError as err:
+            warnings.warn(str(err), stacklevel=2)
