@@ -305,17 +305,18 @@ def test_two_shard_processes_give_the_single_process_csv(dataset, tmp_path):
     one = tmp_path / "one"
     run_eval(dataset, one, Oracle(dataset), method_name="oracle", progress=False)
     two = tmp_path / "two"
-    # shard 0 from --shard, shard 1 from torchrun's environment variables
-    procs = [_child(dataset, two, (0, 2)), _child(dataset, two, None, env={"RANK": "1", "WORLD_SIZE": "2"})]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+    # two processes at once: a child gets shard 1 from torchrun's environment variables, this one runs shard 0
+    child = _child(dataset, two, None, env={"RANK": "1", "WORLD_SIZE": "2"})
+    run_eval(dataset, two, BatchOracle(dataset), method_name="oracle", progress=False, shard=(0, 2))
+    _, err = child.communicate(timeout=180)
+    assert child.returncode == 0, err
     assert (two / "shards" / "shard-0-of-2.csv").is_file() and (two / "shards" / "shard-1-of-2.csv").is_file()
     assert _rows(two / "oracle_tiny-test.csv") == _rows(one / "oracle_tiny-test.csv")
     s1, s2 = (json.loads((d / "scores.json").read_text()) for d in (one, two))
     assert {k: v for k, v in s1.items() if k != "mean_time_per_image"} == {k: v for k, v in s2.items() if k != "mean_time_per_image"}
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_without_rerunning_finished_images(dataset, tmp_path):
     out = tmp_path / "killed"
     proc = _child(dataset, out, (0, 1), delay=0.6)
@@ -383,3 +384,20 @@ def test_bad_settings_are_refused(dataset, tmp_path):
         run_eval(dataset, tmp_path, Oracle(dataset), method_name="my_method", progress=False)
     with pytest.raises(ConfigError, match="unknown method"):
         run_eval(dataset, tmp_path, "magic", progress=False)
+
+
+def test_cli_eval_runs_a_baseline_and_prints_the_table(dataset, tmp_path, capsys):
+    from cooppose.cli import main
+
+    out = tmp_path / "fpfh"
+    args = ["eval", "--dataset", str(dataset), "--method", "fpfh", "--mode", "rgbd", "--images-every", "3",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| fpfh | tiny | test | rgbd | GT bbox_visib | 1 | 1 |" in printed
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["n_targets"] == 2 and 0.0 <= scores["AR"] <= 1.0
+    rows = bop.read_results(out / "fpfh_tiny-test.csv")
+    assert {r.obj_id for r in rows} == {1, 2} and len({r.time for r in rows}) == 1
+    assert main(args + ["--shard", "3/2"]) == 2  # a bad shard is a CoopposeError: message and exit status 2
+    assert "shard 3/2 is invalid" in capsys.readouterr().err
