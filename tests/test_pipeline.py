@@ -1,0 +1,126 @@
+"""The pipeline with oracle predictors recovers known poses (RGB and RGB-D); estimate_many equals one call per detection."""
+
+import numpy as np
+import pytest
+from test_pipeline_oracles import OracleCoarse, OracleRefine, OracleSelect, make_scene, perturb, pose_errors
+
+from cooppose.errors import InputError, MeshError
+from cooppose.geometry.transforms import make_pose, so3_exp
+from cooppose.objects import ObjectModel, bundled_mesh_path, load_mesh
+from cooppose.pipeline import PoseEstimator
+from cooppose.pipeline.coarse import coarse_hypotheses, query_crop
+from cooppose.pipeline.coarse import CoarseQuery
+from cooppose.pipeline.refine import make_view, refine_step
+from cooppose.render import Renderer
+
+T_A = make_pose(so3_exp(np.array([0.4, -1.2, 2.0])), np.array([30.0, -20.0, 600.0]))
+T_B = make_pose(so3_exp(np.array([-1.9, 0.3, 0.5])), np.array([-120.0, 60.0, 700.0]))
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return Renderer()
+
+
+@pytest.fixture(scope="module")
+def duck():
+    return load_mesh(bundled_mesh_path("duck"))
+
+
+@pytest.fixture(scope="module")
+def scene(renderer, duck):
+    return make_scene(renderer, [duck], [T_A])
+
+
+@pytest.fixture(scope="module")
+def estimator(renderer, scene, tmp_path_factory):
+    est = PoseEstimator(OracleCoarse(scene), OracleRefine(scene), OracleSelect(scene), renderer=renderer,
+                        cache_dir=tmp_path_factory.mktemp("templates"))
+    return est
+
+
+@pytest.mark.parametrize("use_depth", [False, True], ids=["rgb", "rgbd"])
+def test_coarse_with_exact_labels_recovers_pose(estimator, scene, duck, use_depth):
+    templates = estimator.onboard(duck)
+    box = scene.box()
+    rgb_crop, crop = query_crop(scene.rgb, scene.K, box, 160)
+    q = CoarseQuery(rgb=rgb_crop, crop=crop, templates=templates)
+    depth = scene.depth if use_depth else None
+    hyps = coarse_hypotheses(q, estimator.coarse.predict(q), duck, scene.K, box, k=3, depth=depth, debug=True)
+    assert len(hyps) == 3 and [h.stage for h in hyps] == ["coarse"] * 3
+    assert hyps[0].score >= hyps[1].score >= hyps[2].score
+    for h in hyps:
+        rot, trans = pose_errors(h.T, T_A)
+        assert not h.debug["fallback"] and h.debug["inliers"].sum() >= 20
+        assert rot < 2.0 and trans < 0.01 * T_A[2, 3], (rot, trans)
+
+
+@pytest.mark.parametrize("use_depth", [False, True], ids=["rgb", "rgbd"])
+def test_refine_with_true_flow_converges(estimator, renderer, scene, duck, use_depth):
+    depth = scene.depth if use_depth else None
+    for seed in range(2):
+        T = perturb(T_A, 10.0, 20.0, seed)
+        assert pose_errors(T, T_A)[0] == pytest.approx(10.0)
+        for _ in range(3):
+            view = make_view(renderer, duck, scene.rgb, scene.K, T, 160, depth)
+            T = refine_step([view], [estimator.refiner.predict(view)], [duck.diameter])[0]
+        rot, trans = pose_errors(T, T_A)
+        assert rot < 0.5 and trans < 2.0, (seed, rot, trans)
+
+
+@pytest.mark.parametrize("use_depth", [False, True], ids=["rgb", "rgbd"])
+def test_estimate_best_first(estimator, scene, duck, use_depth):
+    depth = scene.depth if use_depth else None
+    hyps = estimator.estimate(scene.rgb, scene.K, duck, box=scene.box(), depth=depth, n_hypotheses=3, n_refine=2)
+    assert len(hyps) == 3
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True) and all(h.stage == "select" for h in hyps)
+    rot, trans = pose_errors(hyps[0].T, T_A)
+    assert rot < 0.5 and trans < 2.0
+    assert hyps[0].score > 0.99 and set(hyps[0].timings) == {"coarse", "refine", "select"}
+
+
+def test_estimate_from_mask_and_without_selector(renderer, scene, duck, tmp_path):
+    est = PoseEstimator(OracleCoarse(scene), OracleRefine(scene), None, renderer=renderer, cache_dir=tmp_path)
+    hyps = est.estimate(scene.rgb, scene.K, duck, mask=scene.mask(), n_hypotheses=2, n_refine=1)
+    assert [h.stage for h in hyps] == ["refine", "refine"] and hyps[0].score >= hyps[1].score
+    assert pose_errors(hyps[0].T, T_A)[0] < 1.0
+
+
+def test_estimate_many_equals_one_call_per_detection(renderer, duck, tmp_path):
+    two = make_scene(renderer, [duck, duck], [T_A, T_B], seed=1)
+    est = PoseEstimator(OracleCoarse(two), OracleRefine(two), OracleSelect(two), renderer=renderer, cache_dir=tmp_path)
+    dets = [(duck, two.box(0)), (duck, two.mask(1))]
+    many = est.estimate_many(two.rgb, two.K, dets, n_hypotheses=2, n_refine=1)
+    single = [est.estimate(two.rgb, two.K, duck, box=two.box(0), n_hypotheses=2, n_refine=1),
+              est.estimate(two.rgb, two.K, duck, mask=two.mask(1), n_hypotheses=2, n_refine=1)]
+    for hs_many, hs_one, T_gt in zip(many, single, [T_A, T_B]):
+        assert [h.template_id for h in hs_many] == [h.template_id for h in hs_one]
+        for a, b in zip(hs_many, hs_one):
+            assert np.allclose(a.T, b.T, atol=1e-9) and a.score == pytest.approx(b.score)
+        assert pose_errors(hs_many[0].T, T_gt)[0] < 1.0
+
+
+def test_bad_inputs_raise_clear_errors(estimator, scene, duck):
+    box = scene.box()
+    with pytest.raises(InputError, match="uint8"):
+        estimator.estimate(scene.rgb.astype(np.float32) / 255, scene.K, duck, box=box)
+    with pytest.raises(InputError, match="box"):
+        estimator.estimate(scene.rgb, scene.K, duck, box=(900, 10, 990, 90))
+    with pytest.raises(InputError, match="box .* or an instance mask"):
+        estimator.estimate(scene.rgb, scene.K, duck)
+    with pytest.raises(InputError, match="non-empty"):
+        estimator.estimate(scene.rgb, scene.K, duck, mask=np.zeros(scene.rgb.shape[:2], bool))
+    with pytest.raises(InputError, match="metres"):
+        estimator.estimate(scene.rgb, scene.K, duck, box=box, depth=scene.depth / 1000.0)
+    with pytest.raises(InputError, match="all zero"):
+        estimator.estimate(scene.rgb, scene.K, duck, box=box, depth=np.zeros_like(scene.depth))
+    with pytest.raises(InputError, match="pair"):
+        estimator.estimate_many(scene.rgb, scene.K, [duck])
+    tiny = ObjectModel.from_arrays(vertices=duck.vertices / 1000.0, faces=duck.faces, name="duck_m")
+    with pytest.raises(MeshError, match="units='m'"):
+        estimator.estimate(scene.rgb, scene.K, tiny, box=box)
+    from cooppose.errors import CameraError
+
+    with pytest.raises(CameraError, match="principal point"):
+        estimator.estimate(scene.rgb, scene.K * np.array([[1, 1, 10], [1, 1, 10], [1, 1, 1]]), duck, box=box)
