@@ -18,10 +18,21 @@ from cooppose.errors import DatasetError
 from cooppose.geometry.transforms import make_pose, so3_exp
 
 
+def _entries(model_info: dict, key: str) -> list:
+    """The list under `key` of a models_info entry ([] when absent)."""
+    value = model_info.get(key, [])
+    if not isinstance(value, list):
+        raise DatasetError(f"models_info {key} must be a list, got {value!r}; fix the models_info.json entry.")
+    return value
+
+
 def _discrete(model_info: dict) -> list[np.ndarray]:
     out = [np.eye(4)]
-    for i, sym in enumerate(model_info.get("symmetries_discrete", [])):
-        M = np.asarray(sym, dtype=np.float64)
+    for i, sym in enumerate(_entries(model_info, "symmetries_discrete")):
+        try:
+            M = np.asarray(sym, dtype=np.float64)
+        except (TypeError, ValueError):
+            M = np.zeros(0)
         if M.size != 16 or not np.all(np.isfinite(M)):
             raise DatasetError(
                 f"models_info symmetries_discrete[{i}] must be 16 finite numbers (row-major 4x4), got {sym!r}; "
@@ -34,7 +45,7 @@ def _discrete(model_info: dict) -> list[np.ndarray]:
 def _continuous(model_info: dict, max_sym_disc_step: float) -> list[np.ndarray]:
     out = []
     steps = int(math.ceil(math.pi / max_sym_disc_step))
-    for i, sym in enumerate(model_info.get("symmetries_continuous", [])):
+    for i, sym in enumerate(_entries(model_info, "symmetries_continuous")):
         try:
             axis = np.asarray(sym["axis"], dtype=np.float64).reshape(3)
             offset = np.asarray(sym["offset"], dtype=np.float64).reshape(3)
