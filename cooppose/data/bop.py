@@ -189,10 +189,26 @@ def _field(path: Any, where: str, entry: Any, key: str) -> Any:
 
 
 def _number(path: Any, where: str, value: Any, integer: bool = False) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and int(value) != value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (integer and not (math.isfinite(value) and int(value) == value))):
         kind = "an integer" if integer else "a number"
         raise _bad(path, f"{where} must be {kind}, got {value!r}.")
     return int(value) if integer else float(value)
+
+
+def _positive(path: Any, where: str, value: Any, integer: bool = False) -> Any:
+    """A finite number > 0 (an integer >= 1 when `integer`)."""
+    v = _number(path, where, value, integer)
+    if not (math.isfinite(v) and v > 0):
+        raise _bad(path, f"{where} must be positive and finite, got {value!r}.")
+    return v
+
+
+def _intrinsics(path: Any, where: str, K: np.ndarray) -> np.ndarray:
+    """K (3, 3) with positive focal lengths."""
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise _bad(path, f"{where} must be [fx, 0, cx, 0, fy, cy, 0, 0, 1] with fx, fy > 0, got {K.reshape(9).tolist()}.")
+    return K
 
 
 def _mapping(path: Any, content: Any) -> Mapping:
@@ -205,11 +221,15 @@ def _mapping(path: Any, content: Any) -> Mapping:
 def load_camera(path: str | os.PathLike) -> Camera:
     """Read camera.json (width, height, fx, fy, cx, cy, optional depth_scale)."""
     c = _mapping(path, load_json(path))
-    vals = {k: _number(path, k, _field(path, "camera", c, k)) for k in ("fx", "fy", "cx", "cy")}
-    width = _number(path, "width", _field(path, "camera", c, "width"), integer=True)
-    height = _number(path, "height", _field(path, "camera", c, "height"), integer=True)
+    vals = {k: _positive(path, k, _field(path, "camera", c, k)) for k in ("fx", "fy")}
+    for k in ("cx", "cy"):
+        vals[k] = _number(path, k, _field(path, "camera", c, k))
+        if not math.isfinite(vals[k]):
+            raise _bad(path, f"{k} must be finite, got {vals[k]}.")
+    width = _positive(path, "width", _field(path, "camera", c, "width"), integer=True)
+    height = _positive(path, "height", _field(path, "camera", c, "height"), integer=True)
     K = np.array([[vals["fx"], 0.0, vals["cx"]], [0.0, vals["fy"], vals["cy"]], [0.0, 0.0, 1.0]])
-    scale = _number(path, "depth_scale", c["depth_scale"]) if "depth_scale" in c else None
+    scale = _positive(path, "depth_scale", c["depth_scale"]) if "depth_scale" in c else None
     return Camera(width=width, height=height, K=K, depth_scale=scale)
 
 
@@ -233,7 +253,7 @@ def load_models_info(path: str | os.PathLike) -> dict[int, dict]:
     for k, entry in content.items():
         obj_id = _int_key(path, k)
         d = _number(path, f"object {k} diameter", _field(path, f"object {k}", entry, "diameter"))
-        if not d > 0:
+        if not (math.isfinite(d) and d > 0):
             raise _bad(path, f"object {k} has a non-positive diameter {d}.")
         out[obj_id] = dict(entry)
     return out
@@ -265,8 +285,9 @@ def load_targets(path: str | os.PathLike) -> list[Target]:
     out = []
     for i, t in enumerate(content):
         vals = [_number(path, f"target {i} {k}", _field(path, f"target {i}", t, k), integer=True)
-                for k in ("scene_id", "im_id", "obj_id", "inst_count")]
-        out.append(Target(*vals))
+                for k in ("scene_id", "im_id", "obj_id")]
+        count = _positive(path, f"target {i} inst_count", _field(path, f"target {i}", t, "inst_count"), integer=True)
+        out.append(Target(*vals, count))
     return out
 
 
@@ -283,8 +304,8 @@ def load_scene_camera(path: str | os.PathLike) -> dict[int, SceneCamera]:
     out = {}
     for k, c in content.items():
         im = _int_key(path, k)
-        K = _matrix(path, f"image {k} cam_K", _field(path, f"image {k}", c, "cam_K"), 3)
-        scale = _number(path, f"image {k} depth_scale", c["depth_scale"]) if "depth_scale" in c else None
+        K = _intrinsics(path, f"image {k} cam_K", _matrix(path, f"image {k} cam_K", _field(path, f"image {k}", c, "cam_K"), 3))
+        scale = _positive(path, f"image {k} depth_scale", c["depth_scale"]) if "depth_scale" in c else None
         R = _matrix(path, f"image {k} cam_R_w2c", c["cam_R_w2c"], 3) if "cam_R_w2c" in c else None
         t = _matrix(path, f"image {k} cam_t_w2c", c["cam_t_w2c"], 1) if "cam_t_w2c" in c else None
         out[im] = SceneCamera(K=K, depth_scale=scale, R_w2c=R, t_w2c=t)
