@@ -172,3 +172,17 @@ def test_sift_estimate_many_and_bad_input(block, renderer, sift):
         sift.estimate(rgb, K, block, box=None)
     with pytest.raises(InputError, match="pair"):
         sift.estimate_many(rgb, K, [block])
+
+
+def test_sift_without_matches_falls_back_to_the_box_pose(block, renderer, sift):
+    T = _view(_near_template(3, 10.0), 20.0)
+    _, _, box = _scene(renderer, block, T)
+    blank = np.full((480, 640, 3), 128, np.uint8)  # no keypoints at all
+    h = sift.estimate(blank, K, block, box=box)
+    assert len(h) == 1 and h[0].score == 0.0
+    # the fallback puts the object's centre on the ray through the box centre, in front of the camera
+    c = h[0].R @ block.center + h[0].t
+    u, v = (K @ c)[:2] / c[2]
+    assert abs(u - (box[0] + box[2]) / 2) < 1 and abs(v - (box[1] + box[3]) / 2) < 1 and c[2] > 0
+    strict = B.SiftPnPBaseline(fallback=False, cache_dir=sift.cache_dir)
+    assert strict.estimate(blank, K, block, box=box) == []

@@ -401,3 +401,28 @@ def test_cli_eval_runs_a_baseline_and_prints_the_table(dataset, tmp_path, capsys
     assert {r.obj_id for r in rows} == {1, 2} and len({r.time for r in rows}) == 1
     assert main(args + ["--shard", "3/2"]) == 2  # a bad shard is a CoopposeError: message and exit status 2
     assert "shard 3/2 is invalid" in capsys.readouterr().err
+
+
+def test_staged_estimator_stops_at_the_stage():
+    class Fake:
+        def __init__(self):
+            self.refiner, self.selector, self.kwargs = "refiner", "selector", []
+
+        def estimate(self, rgb, K, obj, box=None, depth=None, n_hypotheses=1, **kw):
+            self.kwargs.append(kw)
+            return []
+
+        def estimate_many(self, rgb, K, detections, depth=None, n_hypotheses=1, **kw):
+            self.kwargs.append(kw)
+            return [[] for _ in detections]
+
+    coarse, refine, full = (runner.StagedEstimator(Fake(), s) for s in ("coarse", "refine", "select"))
+    assert (coarse.estimator.refiner, coarse.estimator.selector) == (None, None)
+    assert (refine.estimator.refiner, refine.estimator.selector) == ("refiner", None)
+    assert (full.estimator.refiner, full.estimator.selector) == ("refiner", "selector")
+    coarse.estimate(None, K, None, box=(0, 0, 1, 1))
+    coarse.estimate_many(None, K, [(None, (0, 0, 1, 1))])
+    full.estimate(None, K, None, box=(0, 0, 1, 1))
+    assert coarse.estimator.kwargs == [{"n_refine": 0}, {"n_refine": 0}] and full.estimator.kwargs == [{}]
+    with pytest.raises(ConfigError, match="stage"):
+        runner.StagedEstimator(Fake(), "polish")

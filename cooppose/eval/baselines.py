@@ -2,7 +2,9 @@
 
 - `SiftPnPBaseline` (RGB): SIFT keypoints of the query crop matched (Lowe ratio test) to each onboarding
   template; the templates with the most matches give 2D-3D matches (template keypoints lifted with the
-  template's xyz map) -> PnP + RANSAC. Score: PnP inliers / query keypoints.
+  template's xyz map) -> PnP (SQPnP) + RANSAC; the most inliers win. Score: PnP inliers / query keypoints.
+  Without any PnP solution, the best-matched template's pose is placed in the box (score 0), as
+  `PoseEstimator` does.
 - `FpfhIcpBaseline` (RGB-D): the query depth inside the box (or mask), back-projected to mm, is registered
   to points sampled on the model: FPFH features (Rusu et al. 2009), nearest-neighbour feature matches,
   3-point RANSAC (`kabsch_ransac`), then point-to-plane ICP. Score: fraction of scene points within one
@@ -325,6 +327,7 @@ class FpfhIcpBaseline(_ManyMixin):
 # ---------------------------------------------------------------------------------------------- SIFT + PnP
 @dataclass
 class _TemplateFeatures:
+    templates: Any  # cooppose.onboarding.ObjectTemplates
     keypoints: list[np.ndarray]  # per template (Ki, 2) crop pixels
     points: list[np.ndarray]  # per template (Ki, 3) object points (mm) under each keypoint
     descriptors: list[np.ndarray]  # per template (Ki, 128) float32
@@ -341,6 +344,7 @@ class SiftPnPBaseline(_ManyMixin):
     threshold_px: float = 4.0  # PnP inlier threshold, crop pixels
     candidates: int = 5  # templates with the most matches that PnP is run on; the most inliers win
     pnp_method: str = "sqpnp"  # SQPnP resolves the planar-face ambiguity that EPnP often gets wrong here
+    fallback: bool = True  # no PnP solution: the best-matched template's pose placed in the box, score 0
     min_matches: int = 6
     seed: int = 0
     cache_dir: str | None = None  # onboarding template cache (None: the default)
@@ -362,7 +366,7 @@ class SiftPnPBaseline(_ManyMixin):
             from cooppose.onboarding import onboard
 
             tpl = onboard(obj, size=self.size, level=self.level, cache_dir=self.cache_dir)
-            feats = _TemplateFeatures([], [], [])
+            feats = _TemplateFeatures(tpl, [], [], [])
             for rgb, mask, xyz in zip(tpl.rgb, tpl.mask, tpl.xyz):
                 kp, desc = self._detect(rgb, cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
                 px = np.clip(np.round(kp).astype(np.int64), 0, self.size - 1)
@@ -383,14 +387,17 @@ class SiftPnPBaseline(_ManyMixin):
 
     def estimate(self, rgb: np.ndarray, K: np.ndarray, obj: Any, box: Box | None = None, depth: np.ndarray | None = None,
                  n_hypotheses: int = 1, mask: np.ndarray | None = None) -> list[PoseHypothesis]:
-        """Up to n_hypotheses poses (best first) from the templates with the most SIFT matches; [] when none solves."""
+        """Up to n_hypotheses poses (best first) from the templates with the most SIFT matches.
+
+        When no template gives a PnP solution: the `fallback` pose (score 0) if enabled, else [].
+        """
         t_start = time.perf_counter()
         inp = _check(rgb, K, obj, box, mask, None)
         feats = self.onboard(obj)
         crop = make_crop(inp.box, inp.K, self.size, pad=self.pad)
         kp, desc = self._detect(warp(inp.rgb, crop))
-        if desc is None or len(kp) < self.min_matches:
-            return []
+        if desc is None:
+            kp, desc = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
         matches = [self._matches(desc, d) for d in feats.descriptors]
         order = np.argsort([-len(m) for m in matches], kind="stable")
         t_match = time.perf_counter()
@@ -404,6 +411,12 @@ class SiftPnPBaseline(_ManyMixin):
             if res.success:
                 out.append(PoseHypothesis.from_T(res.T, score=res.n_inliers / len(kp), stage="coarse", template_id=int(tid)))
         out = sorted(out, key=lambda h: -h.score)[:n_hypotheses]
+        if not out and self.fallback:
+            from cooppose.pipeline.coarse import box_pose
+
+            tid = int(order[0])
+            out = [PoseHypothesis.from_T(box_pose(feats.templates, tid, obj, inp.K, inp.box), score=0.0, stage="coarse",
+                                         template_id=tid)]
         t_end = time.perf_counter()
         for h in out:
             h.timings = {"match": t_match - t_start, "pnp": t_end - t_match}
