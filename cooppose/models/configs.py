@@ -111,10 +111,11 @@ def _validate(cfg: ModelConfig) -> None:
             raise ConfigError(f"{name}_embed_dim {dim} / {name}_num_heads {heads} must give a head width divisible by 4 (RoPE2D).")
     if cfg.kind == "refiner":
         n_blocks = cfg.enc_depth + cfg.dec_depth
-        if len(cfg.dpt_hooks) != 4 or not all(0 <= h < n_blocks for h in cfg.dpt_hooks) or cfg.dpt_hooks[1] < cfg.enc_depth:
+        hooks = cfg.dpt_hooks
+        if len(hooks) != 4 or not all(0 <= h < n_blocks for h in hooks) or hooks[1] < cfg.enc_depth or hooks[3] != n_blocks - 1:
             raise ConfigError(
-                f"dpt_hooks {cfg.dpt_hooks} must be 4 block indices in [0, {n_blocks}) with the last three in the decoder "
-                f"(>= enc_depth {cfg.enc_depth})."
+                f"dpt_hooks {hooks} must be 4 block indices in [0, {n_blocks}), the last three in the decoder "
+                f"(>= enc_depth {cfg.enc_depth}) and the last one the final block {n_blocks - 1} (every block is used)."
             )
         if not 0 < cfg.scale_min < cfg.scale_max:
             raise ConfigError(f"need 0 < scale_min < scale_max, got {cfg.scale_min}, {cfg.scale_max}.")

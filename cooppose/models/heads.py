@@ -69,17 +69,17 @@ class _ResidualConv(nn.Module):
 
 
 class _Fusion(nn.Module):
-    """DPT fusion: add the refined skip feature, refine, upsample x2 (bilinear), 1x1 conv."""
+    """DPT fusion: add the refined skip feature (when it has one), refine, upsample (bilinear), 1x1 conv."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, with_skip: bool = True):
         super().__init__()
-        self.res_skip = _ResidualConv(ch)
+        self.res_skip = _ResidualConv(ch) if with_skip else None
         self.res_out = _ResidualConv(ch)
         self.out_conv = nn.Conv2d(ch, ch, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """x (B, C, h, w) [+ skip of the same size] -> (B, C, size or 2h x 2w)."""
-        if skip is not None:
+        """x (B, C, h, w) [+ skip of the same size when built with_skip] -> (B, C, size or 2h x 2w)."""
+        if self.res_skip is not None:
             x = x + self.res_skip(skip)
         x = self.res_out(x)
         size = size or (2 * x.shape[-2], 2 * x.shape[-1])
@@ -108,7 +108,7 @@ class DPTHead(nn.Module):
             nn.Sequential(nn.Conv2d(td, ld, 1), rs) for td, ld, rs in zip(token_dims, layer_dims, resample)
         )
         self.project = nn.ModuleList(nn.Conv2d(ld, feature_dim, 3, padding=1, bias=False) for ld in layer_dims)
-        self.fusion = nn.ModuleList(_Fusion(feature_dim) for _ in range(4))
+        self.fusion = nn.ModuleList(_Fusion(feature_dim, with_skip=i < 3) for i in range(4))  # the coarsest has no skip
         self.out = nn.Sequential(
             nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),
             nn.Upsample(size=(img_size, img_size), mode="bilinear", align_corners=True),
