@@ -143,7 +143,35 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_show)
 
 
-COMMANDS = [_add_onboard, _add_eval, _add_score, _add_synth]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the coarse, refiner or selection network from a JSON config")
+    p.add_argument("kind", choices=["coarse", "refiner", "selection"], help="which network")
+    p.add_argument("--config", required=True, help="training config JSON (see configs/)")
+    p.add_argument("--out", default=None, help="run folder: checkpoints, logs, exported model (default runs/<config name>)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help="stop at this step (the schedule is unchanged; resume later)")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+        from pathlib import Path
+
+        from cooppose.errors import ConfigError
+        from cooppose.train import load_train_config, train
+
+        cfg = load_train_config(args.config)
+        if cfg["kind"] != args.kind:
+            raise ConfigError(f"{args.config} configures a {cfg['kind']!r} network, not {args.kind!r}.")
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+        result = train(cfg, out, resume=not args.no_resume, max_steps=args.max_steps)
+        print(json.dumps({"step": result.step, "checkpoint": str(result.checkpoint),
+                          "model": str(result.model_path) if result.model_path else None,
+                          "train": result.metrics, "val": result.val_metrics}, indent=1))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+COMMANDS = [_add_onboard, _add_eval, _add_score, _add_synth, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
