@@ -143,6 +143,113 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_show)
 
 
+def _add_estimate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("estimate", help="6D pose of one object in one image (writes pose.json and overlay.png)")
+    p.add_argument("--mesh", required=True, help="mesh file (PLY/OBJ/GLB)")
+    p.add_argument("--units", default="mm", choices=["mm", "m"], help="units of the mesh file")
+    p.add_argument("--rgb", required=True, help="colour image (PNG/JPEG)")
+    p.add_argument("--depth", default=None, help="depth image (16-bit PNG, or .npy), registered to --rgb: RGB-D mode")
+    p.add_argument("--depth-scale", type=float, default=1.0, help="depth_mm = depth * scale (default 1.0)")
+    p.add_argument("--K", required=True, help="intrinsics: fx,fy,cx,cy or a JSON file (3x3, 9 numbers, cam_K or fx/fy/cx/cy)")
+    region = p.add_mutually_exclusive_group(required=True)
+    region.add_argument("--box", default=None, help="detection box x0,y0,x1,y1 in pixels")
+    region.add_argument("--mask", default=None, help="instance mask PNG (non-zero = object)")
+    p.add_argument("--hypotheses", type=int, default=1, help="pose hypotheses (1 or 5 as in Co-op; default 1)")
+    p.add_argument("--refine", type=int, default=3, help="refinement iterations (default 3)")
+    p.add_argument("--checkpoints", default=None, help="folder of {coarse,refiner,selection}_<size>.pt (default: shipped)")
+    p.add_argument("--size", default="tiny", help="network size of the checkpoints (default tiny)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--cache-dir", default=None, help="template cache folder (default ~/.cache/cooppose)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--save-debug", action="store_true", help="also write the coarse and refinement pictures to OUT/debug/")
+
+    from cooppose.errors import InputError
+
+    def numbers(text: str, n: int, flag: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != n:
+            raise InputError(f"{flag} needs {n} comma-separated numbers, got {text!r}.")
+        return values
+
+    def intrinsics(spec: str):
+        import json
+        from pathlib import Path
+
+        import numpy as np
+
+        if not Path(spec).is_file():
+            fx, fy, cx, cy = numbers(spec, 4, "--K (or a JSON file that does not exist)")
+            return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        try:
+            d = json.loads(Path(spec).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"--K file {spec} is not valid JSON: {err}.") from err
+        if isinstance(d, dict) and len(d) == 1 and isinstance(next(iter(d.values())), dict):
+            d = next(iter(d.values()))  # a BOP scene_camera.json with one image
+        if isinstance(d, dict) and all(k in d for k in ("fx", "fy", "cx", "cy")):
+            return np.array([[d["fx"], 0.0, d["cx"]], [0.0, d["fy"], d["cy"]], [0.0, 0.0, 1.0]], dtype=float)
+        if isinstance(d, dict):
+            d = d.get("cam_K", d.get("K"))
+        K = np.asarray(d, dtype=float) if d is not None else np.zeros(0)
+        if K.size != 9:
+            raise InputError(f"--K file {spec} holds no 3x3 matrix; give cam_K/K (9 numbers or 3x3) or fx, fy, cx, cy.")
+        return K.reshape(3, 3)
+
+    def image(path: str, flag: str):
+        from pathlib import Path
+
+        import numpy as np
+        from PIL import Image
+
+        if not Path(path).is_file():
+            raise InputError(f"{flag} file not found: {path}.")
+        if path.endswith(".npy"):
+            return np.load(path)
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr", "LA") else im)
+        except OSError as err:
+            raise InputError(f"{flag} file {path} is not a readable image ({err}).") from err
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+        from pathlib import Path
+
+        from cooppose import viz
+        from cooppose.models.checkpoint import atomic_write_bytes
+        from cooppose.objects import load_mesh
+        from cooppose.pipeline import PoseEstimator
+        from cooppose.pipeline.checks import check_image
+
+        obj = load_mesh(args.mesh, units=args.units)
+        rgb = image(args.rgb, "--rgb")
+        K = intrinsics(args.K)
+        box = numbers(args.box, 4, "--box") if args.box else None
+        mask = image(args.mask, "--mask") if args.mask else None
+        depth = image(args.depth, "--depth") if args.depth else None
+        est = PoseEstimator.from_pretrained(args.checkpoints, size=args.size, device=args.device, cache_dir=args.cache_dir)
+        hyps = est.estimate(rgb, K, obj, box=box, mask=mask, depth=depth, depth_scale=args.depth_scale,
+                            n_hypotheses=args.hypotheses, n_refine=args.refine, debug=args.save_debug)
+        out = Path(args.out)
+        result = {"mesh": str(args.mesh), "rgb": str(args.rgb), "mode": "rgbd" if depth is not None else "rgb",
+                  "K": K.tolist(), "best": hyps[0].to_dict(), "hypotheses": [h.to_dict() for h in hyps]}
+        atomic_write_bytes(out / "pose.json", (json.dumps(result, indent=2) + "\n").encode())
+        viz.save_png(out / "overlay.png", viz.overlay_pose(check_image(rgb), obj, K, hyps[0].T, renderer=est.renderer))
+        if args.save_debug:
+            for i, h in enumerate(hyps):
+                viz.save_png(out / "debug" / f"h{i}_coarse.png", viz.coarse_panel(h.debug["coarse"]))
+                for j, it in enumerate(h.debug["refine"]):
+                    viz.save_png(out / "debug" / f"h{i}_refine{j}.png", viz.refine_panel(it, est.renderer, obj))
+        print(hyps[0])
+        print(f"wrote {out / 'pose.json'} and {out / 'overlay.png'}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the coarse, refiner or selection network from a JSON config")
     p.add_argument("kind", choices=["coarse", "refiner", "selection"], help="which network")
@@ -171,7 +278,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-COMMANDS = [_add_onboard, _add_eval, _add_score, _add_synth, _add_train]
+COMMANDS = [_add_onboard, _add_eval, _add_score, _add_synth, _add_estimate, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

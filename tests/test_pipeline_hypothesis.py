@@ -34,3 +34,13 @@ def test_bad_stage_and_bad_dict():
         PoseHypothesis(R=np.eye(3), t=np.zeros(3), score=0, stage="final", template_id=0)
     with pytest.raises(InputError, match="keys"):
         PoseHypothesis.from_dict({"R": np.eye(3).tolist()})
+
+
+def test_import_cooppose_is_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, cooppose; assert 'torch' not in sys.modules and 'cv2' not in sys.modules; "
+            "from cooppose import PoseEstimator, load_mesh; print(PoseEstimator.__name__, load_mesh.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PoseEstimator", "load_mesh"]
