@@ -44,3 +44,19 @@ def test_cli_refuses_a_config_of_another_kind(tmp_path, capsys):
     bad.write_text("{kind: coarse")
     assert main(["train", "coarse", "--config", str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["coarse", "refiner", "selection"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    from cooppose.data.datasets import resolve_config
+    from cooppose.train import load_train_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    tiny, paper = load_train_config(root / f"{name}_tiny.json"), load_train_config(root / f"{name}_paper.json")
+    assert tiny["kind"] == paper["kind"] == name
+    assert paper["lr"] == 2e-5 and paper["weight_decay"] == 0.05
+    assert (paper["grad_clip"] == 0.01) == (name == "refiner") == (tiny["grad_clip"] == 0.01)
+    for cfg in (tiny, paper):
+        assert resolve_config(name, cfg["data"])["size"] == (160 if cfg is tiny else 224)

@@ -85,9 +85,11 @@ def resolve_train_config(raw: dict) -> dict:
         raise ConfigError(f"training config 'kind' must be one of {KINDS}, got {kind!r}.")
     cfg = {**TRAIN_DEFAULTS, **raw}
     model = dict(cfg.get("model") or {"size": "tiny"})
-    get_config(kind, **model)  # raises ConfigError on a bad size or field
+    img_size = get_config(kind, **model).img_size  # raises ConfigError on a bad size or field
     cfg["model"] = model
     cfg["data"] = dict(cfg.get("data") or {})
+    if cfg["data"].get("size", img_size) != img_size:
+        raise ConfigError(f"data size {cfg['data']['size']} differs from the model input size {img_size}; make them equal.")
     cfg["loss"] = resolve_loss_config(kind, cfg.get("loss"))
     for key in ("batch_size", "steps", "log_every", "val_every", "ckpt_every"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
