@@ -426,3 +426,29 @@ def test_staged_estimator_stops_at_the_stage():
     assert coarse.estimator.kwargs == [{"n_refine": 0}, {"n_refine": 0}] and full.estimator.kwargs == [{}]
     with pytest.raises(ConfigError, match="stage"):
         runner.StagedEstimator(Fake(), "polish")
+
+
+@pytest.mark.parametrize("stage", ["coarse", pytest.param("select", marks=pytest.mark.slow)])
+def test_cli_eval_runs_coop_from_checkpoints(dataset, tmp_path, monkeypatch, stage):
+    """Co-op with random micro networks saved as checkpoints: the whole path runs (no accuracy claim)."""
+    import torch
+
+    from cooppose.cli import main
+    from cooppose.models import build_model
+    from cooppose.models.checkpoint import save_model
+
+    micro = dict(img_size=64, enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=64, dec_depth=2, dec_num_heads=2)
+    extra = {"coarse": dict(match_dim=32), "selection": {},
+             "refiner": dict(dpt_hooks=(1, 2, 3, 3), dpt_layer_dims=(16, 16, 32, 32), dpt_feature_dim=16)}
+    torch.manual_seed(0)
+    for kind, kw in extra.items():
+        save_model(build_model(kind, "tiny", **micro, **kw), tmp_path / "ckpt" / f"{kind}_tiny.pt")
+    monkeypatch.setenv("COOPPOSE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "coop"
+    args = ["eval", "--dataset", str(dataset), "--method", "coop", "--checkpoints", str(tmp_path / "ckpt"),
+            "--stage", stage, "--images-every", "3", "--hypotheses", "2", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    rows = bop.read_results(out / "coop_tiny-test.csv")
+    assert {r.obj_id for r in rows} == {1, 2} and all(r.t[2] > 0 for r in rows)
+    assert json.loads((out / "run.json").read_text())["stage"] == stage
+    assert main(args + ["--stage", "refine"]) == 2  # resuming with another stage is refused
