@@ -6,9 +6,10 @@
   Without any PnP solution, the best-matched template's pose is placed in the box (score 0), as
   `PoseEstimator` does.
 - `FpfhIcpBaseline` (RGB-D): the query depth inside the box (or mask), back-projected to mm, is registered
-  to points sampled on the model: FPFH features (Rusu et al. 2009), nearest-neighbour feature matches,
-  3-point RANSAC (`kabsch_ransac`), then point-to-plane ICP. Score: fraction of scene points within one
-  voxel of the model after ICP.
+  to points sampled on the model: FPFH features (Rusu et al. 2009) with PCA normals on both sides, the 3
+  nearest model features of each scene point as candidate matches, 3-point RANSAC whose best fits are
+  re-ranked by fitness (the share of scene points on the model, as Open3D scores), then coarse-to-fine
+  point-to-plane ICP on the best few. Score: fraction of scene points within one voxel of the model.
 Both only need numpy, scipy and OpenCV (core dependencies): FPFH and ICP are implemented here.
 """
 
@@ -23,10 +24,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from cooppose.errors import InputError
-from cooppose.geometry.camera import make_crop, warp
+from cooppose.geometry.camera import check_intrinsics, make_crop, warp
 from cooppose.geometry.pnp import solve_pnp_ransac
 from cooppose.geometry.transforms import backproject, invert_pose, make_pose, rotation_error_deg, so3_exp
-from cooppose.geometry.camera import check_intrinsics
 from cooppose.pipeline import checks
 from cooppose.pipeline.hypothesis import PoseHypothesis
 
@@ -241,7 +241,6 @@ class _ManyMixin:
 @dataclass
 class _ModelCloud:
     points: np.ndarray  # (N, 3) mm, voxel-downsampled, object frame
-    normals: np.ndarray  # (N, 3)
     features: np.ndarray  # (N, 33)
     dense: np.ndarray  # (M, 3) mm, finer cloud for ICP
     dense_normals: np.ndarray  # (M, 3)
@@ -275,7 +274,7 @@ class FpfhIcpBaseline(_ManyMixin):
             n = estimate_normals(p, self.normal_radius * voxel, np.zeros(3))  # as the scene's, oriented outwards
             n[np.einsum("ni,ni->n", n, face_n) < 0] *= -1
             dense, dense_n = voxel_downsample(pts, voxel / 3, nrm)
-            self._models[key] = _ModelCloud(p, n, fpfh(p, n, self.feature_radius * voxel), dense, dense_n, voxel, obj.diameter)
+            self._models[key] = _ModelCloud(p, fpfh(p, n, self.feature_radius * voxel), dense, dense_n, voxel, obj.diameter)
         return self._models[key]
 
     def estimate(self, rgb: np.ndarray, K: np.ndarray, obj: Any, box: Box | None = None, depth: np.ndarray | None = None,
