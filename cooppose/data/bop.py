@@ -580,8 +580,12 @@ def read_results(path: str | os.PathLike) -> list[PoseEstimate]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"results file {path} not found.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not a text CSV ({err}); expected {RESULTS_HEADER}.") from None
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or (n == 1 and line.strip() == RESULTS_HEADER):
             continue
         elems = line.split(",")
