@@ -198,3 +198,40 @@ def test_broken_package_meshes_are_skipped_with_a_warning(tmp_path):
     assert len(package_meshes(tmp_path)) == len(CURATED) + 1
     with pytest.warns(UserWarning, match="non-finite"):
         assert list(package_objects(0, root=tmp_path)) == []  # the curated files are absent here too
+
+
+def test_surface_moments_of_a_box_match_the_hand_computed_values():
+    from cooppose.data.synth.symmetry import surface_moments
+
+    box = trimesh.creation.box(extents=(2.0, 4.0, 6.0))  # half extents a, b, c = 1, 2, 3
+    centre, cov = surface_moments(np.asarray(box.vertices) + [5.0, 0.0, 0.0], np.asarray(box.faces))
+    assert centre == pytest.approx([5.0, 0.0, 0.0])
+    # E[x^2] = (2 * 4bc * a^2 + (2 * 4ac + 2 * 4ab) * a^2 / 3) / (8 (bc + ac + ab)), likewise for y, z
+    a, b, c = 1.0, 2.0, 3.0
+    total = 8 * (b * c + a * c + a * b)
+    ex2 = (8 * b * c * a**2 + 8 * (a * c + a * b) * a**2 / 3) / total
+    ey2 = (8 * a * c * b**2 + 8 * (b * c + a * b) * b**2 / 3) / total
+    ez2 = (8 * a * b * c**2 + 8 * (b * c + a * c) * c**2 / 3) / total
+    assert np.diag(cov) == pytest.approx([ex2, ey2, ez2])
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-12
+
+
+def test_find_symmetries_recovers_the_analytic_ones_and_none_on_asymmetric_objects():
+    from cooppose.data.synth.symmetry import find_symmetries
+
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        obj = make_object(rng, "symmetric")
+        disc, cont = find_symmetries(obj)
+        assert len(disc) == len(obj.symmetries_discrete) and len(cont) == len(obj.symmetries_continuous)
+        for found, true in zip(cont, obj.symmetries_continuous):
+            assert abs(np.dot(found["axis"], true["axis"])) == pytest.approx(1.0, abs=1e-6)
+        for T in disc:
+            R = np.asarray(T).reshape(4, 4)[:3, :3]
+            if cont:  # any half turn about an axis perpendicular to the continuous one is a symmetry
+                assert np.trace(R) == pytest.approx(-1.0) and R @ cont[0]["axis"] == pytest.approx(-np.asarray(cont[0]["axis"]))
+            else:  # the box's three half turns
+                assert min(np.abs(R - np.asarray(s).reshape(4, 4)[:3, :3]).max() for s in obj.symmetries_discrete) < 1e-6
+    for obj in OBJECTS[:12]:
+        if obj.source["kind"] != "symmetric":
+            assert find_symmetries(obj) == ([], [])

@@ -3,7 +3,9 @@
 Only the objects listed here are used. The duck (`duck.obj`) is the held-out demo object and
 is never read; robots, scenes and planes are not objects. Sizes come from the URDF scale where
 one exists (else a plausible real size), clamped to a diameter in [30, 300] mm. The untextured
-`random_urdfs` blobs get, per seed, either their URDF colour or a procedural texture.
+`random_urdfs` blobs get, per seed, either their URDF colour or a procedural texture. Their BOP
+symmetries are found on the mesh and its colours (symmetry.find_symmetries): many blobs are
+mirror-built and have a 2-fold axis.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cooppose.data.synth.objects import (
     corner_normals,
     diameter,
 )
+from cooppose.data.synth.symmetry import find_symmetries
 from cooppose.data.synth.textures import random_color, random_texture
 from cooppose.errors import ConfigError, MeshError
 
@@ -137,12 +140,12 @@ def load_package_object(entry: PackageMesh, rng: np.random.Generator, root: Path
     if entry.texture is not None and uv is not None and len(uv) == len(mesh.vertices):
         texture = _read_rgb(root / entry.texture)
         v, f, (nrm, uvc) = _merge_corners(vertices, faces, [normals, np.asarray(uv, np.float64)[faces]])
-        return SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=texture, source=source)
+        return _with_symmetries(SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=texture, source=source))
     if entry.path.startswith("random_urdfs/") and rng.random() < RANDOM_URDF_TEXTURE_P:
         texture, kind = random_texture(rng, 2 * TEXTURE_CELL, 3 * TEXTURE_CELL)
         v, f, (nrm, uvc) = _merge_corners(vertices, faces, [normals, box_uv(vertices, faces)])
         source["texture"] = kind
-        return SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=texture, source=source)
+        return _with_symmetries(SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=texture, source=source))
     if entry.color is not None:
         color = np.round(np.asarray(entry.color) * 255).astype(np.uint8)
     elif mesh.visual.kind == "texture" and getattr(mesh.visual, "material", None) is not None:
@@ -151,7 +154,13 @@ def load_package_object(entry: PackageMesh, rng: np.random.Generator, root: Path
         color = random_color(rng)
     corner_colors = np.broadcast_to(color, faces.shape + (3,))
     v, f, (nrm, col) = _merge_corners(vertices, faces, [normals, corner_colors])
-    return SynthObject(v, f, nrm.astype(np.float32), colors=col.astype(np.uint8), source=source)
+    return _with_symmetries(SynthObject(v, f, nrm.astype(np.float32), colors=col.astype(np.uint8), source=source))
+
+
+def _with_symmetries(obj: SynthObject) -> SynthObject:
+    """The object with the visual symmetries found on it (see symmetry.find_symmetries)."""
+    obj.symmetries_discrete, obj.symmetries_continuous = find_symmetries(obj)
+    return obj
 
 
 def package_objects(seed: int, root: Path | None = None) -> Iterator[SynthObject]:
