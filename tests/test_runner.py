@@ -250,7 +250,8 @@ def test_rejected_detection_is_skipped_not_fatal(dataset, tmp_path):
                 raise InputError("box too small")
             return super().estimate(rgb, K, obj, box=box, depth=depth, n_hypotheses=n_hypotheses)
 
-    scores = run_eval(dataset, tmp_path, Picky(dataset), method_name="picky", progress=False)
+    with pytest.warns(UserWarning, match=r"rejected \d detection\(s\).*box too small"):
+        scores = run_eval(dataset, tmp_path, Picky(dataset), method_name="picky", progress=False)
     n_rows = len(bop.read_results(tmp_path / "picky_tiny-test.csv"))
     assert 0 < n_rows < _n_instances(dataset)
     assert scores["AR"] == pytest.approx(n_rows / _n_instances(dataset))
@@ -384,6 +385,8 @@ def test_bad_settings_are_refused(dataset, tmp_path):
         run_eval(dataset, tmp_path, Oracle(dataset), method_name="my_method", progress=False)
     with pytest.raises(ConfigError, match="unknown method"):
         run_eval(dataset, tmp_path, "magic", progress=False)
+    with pytest.raises(ConfigError, match="needs depth"):
+        run_eval(dataset, tmp_path, "fpfh", mode="rgb", progress=False)
 
 
 def test_cli_eval_runs_a_baseline_and_prints_the_table(dataset, tmp_path, capsys):

@@ -262,6 +262,7 @@ class FpfhIcpBaseline(_ManyMixin):
     icp_candidates: int = 5  # best-fitness candidates refined by ICP per requested hypothesis
     icp_iterations: int = 30
     seed: int = 0
+    needs_depth: bool = field(default=True, init=False)  # the runner refuses RGB-only runs of this baseline
     _models: dict = field(default_factory=dict, repr=False)
 
     def onboard(self, obj: Any) -> _ModelCloud:

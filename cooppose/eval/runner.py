@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -251,12 +252,14 @@ def _best(hyps: Sequence[Any]) -> Any:
 
 
 def estimate_image(estimator: Any, objects: Any, rgb: np.ndarray, K: np.ndarray, depth: np.ndarray | None,
-                   targets: Sequence[Target], detections: Sequence[Detection], n_hypotheses: int = 1) -> list[tuple[int, Any]]:
+                   targets: Sequence[Target], detections: Sequence[Detection], n_hypotheses: int = 1,
+                   rejected: list[str] | None = None) -> list[tuple[int, Any]]:
     """(obj_id, best hypothesis) for the selected detections of each target, in target (obj_id) order.
 
     Uses `estimator.estimate_many` (one batched call per image) when it exists, else `estimate` per detection.
-    A detection the estimator rejects (InputError, e.g. a box with no depth) gets no row; if a batched call
-    rejects the image, its detections are retried one by one so that only the bad ones are lost.
+    A detection the estimator rejects (InputError, e.g. a box with no depth) gets no row and its message is
+    appended to `rejected`; if a batched call rejects the image, its detections are retried one by one so
+    that only the bad ones are lost.
     """
     chosen = [(t.obj_id, det) for t in sorted(targets, key=lambda t: t.obj_id) for det in select_detections(detections, t)]
     if not chosen:
@@ -273,7 +276,9 @@ def estimate_image(estimator: Any, objects: Any, rgb: np.ndarray, K: np.ndarray,
     for obj, (obj_id, det) in zip(objs, chosen):
         try:
             hyps = estimator.estimate(rgb, K, obj, box=det.box, depth=depth, n_hypotheses=n_hypotheses)
-        except InputError:
+        except InputError as err:
+            if rejected is not None:
+                rejected.append(f"object {obj_id}, box {tuple(round(v, 1) for v in det.box)}: {err}")
             continue
         if hyps:
             out.append((obj_id, _best(hyps)))
@@ -354,6 +359,8 @@ def run_eval(
     final_csv = Path(out_dir) / results_filename(method_name, name, split)
     shard = shard_from_env() if shard is None else check_shard(shard)
     estimator = make_estimator(estimator_or_method) if isinstance(estimator_or_method, str) else estimator_or_method
+    if getattr(estimator, "needs_depth", False) and mode != "rgbd":
+        raise ConfigError(f"{type(estimator).__name__} needs depth; run it with mode 'rgbd' (--mode rgbd).")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,6 +378,7 @@ def run_eval(
     objects = _Objects(ds, estimator)
 
     todo = [k for k in mine if not journal_path(out_dir, k).is_file()]
+    rejected: list[str] = []
     bar = _progress(todo, progress, f"{method_name} {name}-{split} shard {shard[0]}/{shard[1]}")
     for key in bar:
         scene_id, im_id = key
@@ -382,13 +390,16 @@ def run_eval(
             if any(d.obj_id == t.obj_id for d in dets):
                 objects.get(t.obj_id)
         t0 = time.perf_counter()
-        results = estimate_image(estimator, objects, rgb, K, depth, targets_by_image[key], dets, n_hypotheses)
+        results = estimate_image(estimator, objects, rgb, K, depth, targets_by_image[key], dets, n_hypotheses, rejected)
         elapsed = time.perf_counter() - t0 + max((d.time for d in dets), default=0.0)
         rows = [PoseEstimate(scene_id, im_id, obj_id, h.score, h.R, h.t, elapsed) for obj_id, h in results]
         write_results(journal_path(out_dir, key), rows)
         if progress:
             bar.set_postfix(s_per_img=f"{elapsed:.2f}", estimates=len(rows))
 
+    if rejected:
+        warnings.warn(f"the estimator rejected {len(rejected)} detection(s), which got no estimate; first: {rejected[0]}",
+                      stacklevel=2)
     write_results(shard_path(out_dir, shard), merge_shards([journal_path(out_dir, k) for k in mine]))
     shard_files = [shard_path(out_dir, (i, shard[1])) for i in range(shard[1])]
     if not all(p.is_file() for p in shard_files):
