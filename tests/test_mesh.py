@@ -171,3 +171,16 @@ def test_hope_textured_ply(shared_data):
     m = load_mesh(shared_data / "hope-bbq" / "hope_000002.ply")
     assert m.is_textured and m.texture.shape == (2048, 2048, 3)
     assert 0 <= m.uv.min() and m.uv.max() <= 1
+
+
+def test_huge_hull_diameter_from_extreme_points(monkeypatch):
+    import cooppose.objects.mesh as mesh_mod
+
+    monkeypatch.setattr(mesh_mod, "EXACT_DIAMETER_MAX_HULL", 1000)  # force the path used above 20k hull points
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(6000, 3))
+    v = v / np.linalg.norm(v, axis=1, keepdims=True) * [80, 30, 10]  # every point on the hull
+    m = ObjectModel.from_arrays(v, np.array([[0, 1, 2]]))
+    assert len(m.hull_indices) == 6000
+    exact = pdist(v).max()
+    assert exact * 0.999 <= m.diameter <= exact

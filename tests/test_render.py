@@ -285,3 +285,20 @@ def test_gl_works_in_forked_child_after_parent_rendered(duck):
         child.kill()
         pytest.fail("GL rendering hung in a forked child")
     assert child.exitcode == 0 and queue.get(timeout=5) == int(parent.mask.sum())
+
+
+def test_gl_refuses_cpu_rasterizer_when_gpu_requested():
+    gl = _gl_or_skip()
+    if "llvmpipe" not in gl.backend.ensure_context().lower():
+        pytest.skip("this machine's EGL is a GPU")
+    with pytest.raises(RenderError, match="NVIDIA_DRIVER_CAPABILITIES"):
+        Renderer("gl", device="cuda").backend
+
+
+def test_renderer_pickles_without_its_backend(duck):
+    import pickle
+
+    r = Renderer("torch")
+    r.render(duck, K_OFF, look_at(np.array([0, -300.0, 100]), duck.center), (32, 32))
+    clone = pickle.loads(pickle.dumps(r))
+    assert clone._backend is None and clone.requested == "torch" and clone.name == "torch"

@@ -163,7 +163,12 @@ def _make_backend(backend: str, device: str | None):
 
         gl = GLBackend(device_index=None if device is None else _gl_device_index(device))
         try:
-            gl.ensure_context()
+            gl_renderer = gl.ensure_context()
+            if device is not None and device.startswith("cuda") and "llvmpipe" in gl_renderer.lower():
+                raise RenderError(
+                    f"device={device!r} asks for the GPU but EGL gave the CPU rasterizer ({gl_renderer}); in a container, "
+                    "NVIDIA_DRIVER_CAPABILITIES must include 'graphics' (or 'all') so that libEGL_nvidia is mounted."
+                )
             return gl
         except RenderError as err:
             if backend == "gl":
@@ -184,7 +189,13 @@ def _gl_device_index(device: str) -> int | None:
 
 
 class Renderer:
-    """Renders ObjectModels with intrinsics K and poses T_cam_obj (mm); backend 'auto' | 'gl' | 'torch'."""
+    """Renders ObjectModels with intrinsics K and poses T_cam_obj (mm); backend 'auto' | 'gl' | 'torch'.
+
+    `device`: None (CPU rasterizer for torch, the default EGL device for GL) or a torch device string;
+    'cuda[:i]' makes the torch backend run on that GPU and the GL backend insist on GPU EGL device i.
+    One GL context serves a whole process (the first renderer's device choice holds for the others);
+    renders from several threads are serialised.
+    """
 
     def __init__(self, backend: str = "auto", device: str | None = None):
         if backend not in BACKENDS:
@@ -192,6 +203,10 @@ class Renderer:
         self.requested = backend
         self.device = device
         self._backend = None
+
+    def __getstate__(self) -> dict:
+        """Pickle only the choice of backend: a worker process makes its own backend (and GL context)."""
+        return {"requested": self.requested, "device": self.device, "_backend": None}
 
     @property
     def backend(self):
