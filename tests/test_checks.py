@@ -90,3 +90,29 @@ def test_detection_needs_box_or_mask():
     m[100:150, 200:260] = True
     box, mask = checks.check_detection(100.0, None, m, SIZE, K)
     assert box == (199.5, 99.5, 259.5, 149.5) and mask.sum() == 50 * 60
+
+
+def test_real_lmo_depth_passes_and_metres_refused(shared_data):
+    import json
+    import warnings
+
+    from cooppose.data.bop import read_gray
+    from cooppose.objects import load_mesh
+
+    root = shared_data / "lmo-frame3"
+    cam = json.loads((root / "test/000002/scene_camera.json").read_text())["3"]
+    Kr = np.array(cam["cam_K"]).reshape(3, 3)
+    raw = read_gray(root / "test/000002/depth/000003.png")
+    gt = json.loads((root / "test/000002/scene_gt.json").read_text())["3"]
+    info = json.loads((root / "test/000002/scene_gt_info.json").read_text())["3"]
+    depth_mm = checks.check_depth(raw, raw.shape, cam["depth_scale"])
+    depth_m = checks.check_depth(raw, raw.shape, cam["depth_scale"] / 1000.0)
+    for g, i in zip(gt, info):
+        diameter = load_mesh(root / "models" / f"obj_{g['obj_id']:06d}.ply").diameter
+        x, y, w, h = i["bbox_visib"]
+        box = (x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # real data in mm: no warning either
+            checks.check_detection(diameter, box, None, raw.shape, Kr, depth_mm)
+        with pytest.raises(InputError, match="metres"):
+            checks.check_detection(diameter, box, None, raw.shape, Kr, depth_m)

@@ -124,3 +124,39 @@ def test_bad_inputs_raise_clear_errors(estimator, scene, duck):
 
     with pytest.raises(CameraError, match="principal point"):
         estimator.estimate(scene.rgb, scene.K * np.array([[1, 1, 10], [1, 1, 10], [1, 1, 1]]), duck, box=box)
+
+
+class NoMatchCoarse(OracleCoarse):
+    """A coarse predictor that finds no match at all: every pose must come from the box fallback."""
+
+    def predict(self, query):
+        m = super().predict(query)
+        m.logits[..., :-1] = 0.0
+        m.logits[..., -1] = 20.0
+        return m
+
+
+def test_box_fallback_when_no_correspondences(renderer, scene, duck, tmp_path):
+    from cooppose.data.targets import nearest_template
+    from cooppose.geometry.transforms import project, transform_points
+
+    est = PoseEstimator(NoMatchCoarse(scene), OracleRefine(scene), None, renderer=renderer, cache_dir=tmp_path)
+    templates = est.onboard(duck)
+    t = nearest_template(templates.poses, T_A, duck.center)
+    rgb_crop, crop = query_crop(scene.rgb, scene.K, scene.box(), 160)
+    q = CoarseQuery(rgb=rgb_crop, crop=crop, templates=templates)
+    matches = est.coarse.predict(q)
+    matches.logits[:, :, -1] = np.where(np.arange(42) == t, 0.0, 20.0)[:, None]  # rank the nearest view first
+    (h,) = coarse_hypotheses(q, matches, duck, scene.K, scene.box(), k=1, debug=True)
+    assert h.debug["fallback"] and h.template_id == t and len(h.debug["q"]) == 0
+    box = scene.box()
+    centre = project(scene.K, transform_points(h.T, duck.center[None]))[0]
+    assert np.allclose(centre, [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], atol=1e-6)
+    def view_dir(T):  # object centre -> camera, in the object frame (the roll about it is unknown to the fallback)
+        d = -T[:3, :3].T @ T[:3, 3] - duck.center
+        return d / np.linalg.norm(d)
+
+    angle = np.degrees(np.arccos(np.clip(view_dir(h.T) @ view_dir(T_A), -1, 1)))
+    assert angle < 25.0 and abs(h.t[2] / T_A[2, 3] - 1) < 0.25  # the nearest of 42 views, depth from the box size
+    hyps = est.estimate(scene.rgb, scene.K, duck, box=box, n_hypotheses=2, n_refine=1)
+    assert all(np.all(np.isfinite(x.T)) and x.t[2] > 0 for x in hyps)

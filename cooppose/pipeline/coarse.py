@@ -22,7 +22,7 @@ import torch
 from cooppose.data.targets import patch_centers, patch_pixels
 from cooppose.geometry.camera import Crop, make_crop, warp
 from cooppose.geometry.pnp import kabsch_ransac, solve_pnp_ransac
-from cooppose.geometry.transforms import backproject, make_pose, transform_points
+from cooppose.geometry.transforms import backproject, make_pose, skew, transform_points
 from cooppose.models import normalize, template_score
 from cooppose.models.checkpoint import atomic_torch_save
 from cooppose.pipeline.hypothesis import PoseHypothesis
@@ -218,7 +218,7 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     c = float(np.dot(a, b))
     if np.linalg.norm(v) < 1e-12:
         return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
-    V = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    V = skew(v)
     return np.eye(3) + V + V @ V / (1 + c)
 
 

@@ -121,7 +121,7 @@ class PoseEstimator:
         return self._run(rgb, K, dets, depth, depth_scale, n_hypotheses, n_refine, debug)
 
     def _run(self, rgb, K, dets, depth, depth_scale, n_hypotheses, n_refine, debug) -> list[list[PoseHypothesis]]:
-        """The three stages for all detections; stage times are split evenly among the detections."""
+        """Checks, then the three stages for all detections; stage times are split evenly among the detections."""
         if int(n_hypotheses) < 1 or int(n_refine) < 0:
             raise InputError(f"n_hypotheses ({n_hypotheses}) must be >= 1 and n_refine ({n_refine}) >= 0.")
         if not dets:
@@ -134,56 +134,65 @@ class PoseEstimator:
         depth_mm = checks.check_depth(depth, size, depth_scale) if depth is not None else None
         boxes = [checks.check_detection(obj.diameter, box, mask, size, K, depth_mm, getattr(obj, "name", "mesh"))[0]
                  for obj, box, mask in dets]
-        n_det = len(dets)
-        templates = [self.onboard(obj) for obj, _, _ in dets]
+        objs = [obj for obj, _, _ in dets]
+        templates = [self.onboard(obj) for obj in objs]
 
         t0 = time.perf_counter()
+        hyps = self._coarse(rgb, K, objs, boxes, templates, depth_mm, int(n_hypotheses), debug)
+        timings = {"coarse": (time.perf_counter() - t0) / len(dets)}
+        flat = [(d, h) for d, hs in enumerate(hyps) for h in hs]  # every hypothesis of every detection, batched below
+        flat_objs = [objs[d] for d, _ in flat]
+        if n_refine:
+            t0 = time.perf_counter()
+            for _ in range(int(n_refine)):
+                self._refine([h for _, h in flat], flat_objs, rgb, K, depth_mm, debug)
+            timings["refine"] = (time.perf_counter() - t0) / len(dets)
+        if self.selector is not None:
+            t0 = time.perf_counter()
+            scores = self._scores([h for _, h in flat], flat_objs, rgb, K, depth_mm, debug)
+            results = [rank([h for dd, h in flat if dd == d], [s for (dd, _), s in zip(flat, scores) if dd == d])
+                       for d in range(len(dets))]
+            timings["select"] = (time.perf_counter() - t0) / len(dets)
+        else:
+            results = [sorted(hs, key=lambda h: -h.score) for hs in hyps]
+        for hs in results:
+            for h in hs:
+                h.timings = dict(timings)
+        return results
+
+    def _coarse(self, rgb, K, objs, boxes, templates, depth_mm, k: int, debug: bool) -> list[list[PoseHypothesis]]:
+        """k coarse hypotheses per detection; the coarse network runs once over all detections."""
         queries = []
         for tpl, b in zip(templates, boxes):
             crop_rgb, crop = query_crop(rgb, K, b, self.coarse.size)
             queries.append(CoarseQuery(rgb=crop_rgb, crop=crop, templates=tpl))
         matches = self.coarse.predict_batch(queries)
         hyps = []
-        for d, ((obj, _, _), q, mt, b) in enumerate(zip(dets, queries, matches, boxes)):
-            hs = coarse_hypotheses(q, mt, obj, K, b, k=int(n_hypotheses), depth=depth_mm, seed=self.seed, debug=debug)
+        for obj, q, m, b in zip(objs, queries, matches, boxes):
+            hs = coarse_hypotheses(q, m, obj, K, b, k=k, depth=depth_mm, seed=self.seed, debug=debug)
             if debug:
                 for h in hs:
                     h.debug = {"coarse": h.debug, "refine": []}
             hyps.append(hs)
-        timings = {"coarse": (time.perf_counter() - t0) / n_det}
+        return hyps
 
-        flat = [(d, h) for d, hs in enumerate(hyps) for h in hs]
-        objs = [dets[d][0] for d, _ in flat]
-        t0 = time.perf_counter()
-        for _ in range(int(n_refine)):
-            views = [make_view(self.renderer, objs[i], rgb, K, h.T, self.refiner.size, depth_mm) for i, (_, h) in enumerate(flat)]
-            preds = self.refiner.predict_batch(views)
-            new = refine_step(views, preds, [o.diameter for o in objs], self.lm_iters, self.seed)
-            for i, ((_, h), T) in enumerate(zip(flat, new)):
-                if not in_front(T, objs[i]):
-                    T = views[i].T
-                h.R, h.t = T[:3, :3].copy(), T[:3, 3].copy()
-                h.stage = "refine"
-                h.score = float(np.mean(preds[i].certainty[views[i].mask])) if views[i].mask.any() else 0.0
-                if debug:
-                    h.debug["refine"].append({"view": views[i], "prediction": preds[i], "T_after": T.copy()})
-        if n_refine:
-            timings["refine"] = (time.perf_counter() - t0) / n_det
+    def _refine(self, hyps: list[PoseHypothesis], objs: list, rgb, K, depth_mm, debug: bool) -> None:
+        """One refinement iteration of every hypothesis in place (one batched refiner call); score = mean certainty."""
+        views = [make_view(self.renderer, obj, rgb, K, h.T, self.refiner.size, depth_mm) for h, obj in zip(hyps, objs)]
+        preds = self.refiner.predict_batch(views)
+        new = refine_step(views, preds, [obj.diameter for obj in objs], self.lm_iters, self.seed)
+        for h, obj, view, pred, T in zip(hyps, objs, views, preds, new):
+            T = T if in_front(T, obj) else view.T
+            h.R, h.t = T[:3, :3].copy(), T[:3, 3].copy()
+            h.stage = "refine"
+            h.score = float(np.mean(pred.certainty[view.mask])) if view.mask.any() else 0.0
+            if debug:
+                h.debug["refine"].append({"view": view, "prediction": pred, "T_after": T.copy()})
 
-        results = [[h for dd, h in flat if dd == d] for d in range(n_det)]
-        if self.selector is not None:
-            t0 = time.perf_counter()
-            views = [make_view(self.renderer, objs[i], rgb, K, h.T, self.selector.size, depth_mm) for i, (_, h) in enumerate(flat)]
-            scores = self.selector.score_batch(views)
-            for i, (_, h) in enumerate(flat):
-                if debug:
-                    h.debug["select"] = {"view": views[i]}
-            results = [rank([h for (dd, h) in flat if dd == d], [s for (dd, _), s in zip(flat, scores) if dd == d])
-                       for d in range(n_det)]
-            timings["select"] = (time.perf_counter() - t0) / n_det
-        else:
-            results = [sorted(r, key=lambda h: -h.score) for r in results]
-        for r in results:
-            for h in r:
-                h.timings = dict(timings)
-        return results
+    def _scores(self, hyps: list[PoseHypothesis], objs: list, rgb, K, depth_mm, debug: bool) -> np.ndarray:
+        """Selection scores (B,) of every hypothesis on its pose-conditioned crop and rendering (one batched call)."""
+        views = [make_view(self.renderer, obj, rgb, K, h.T, self.selector.size, depth_mm) for h, obj in zip(hyps, objs)]
+        if debug:
+            for h, view in zip(hyps, views):
+                h.debug["select"] = {"view": view}
+        return self.selector.score_batch(views)
