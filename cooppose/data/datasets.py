@@ -42,6 +42,7 @@ from cooppose.errors import ConfigError, DatasetError
 from cooppose.geometry.camera import make_crop, warp
 from cooppose.geometry.transforms import make_pose, random_rotations
 from cooppose.models import normalize
+from cooppose.onboarding import TEMPLATE_LIGHT
 from cooppose.pipeline.coarse import PATCH, QUERY_PAD
 from cooppose.pipeline.refine import REFINE_PAD
 
@@ -303,7 +304,7 @@ class CoarseDataset(SceneInstances):
 
     def template(self, obj, t: int) -> dict:
         """Template t of the object rendered alone, exactly as `onboard` renders it: rgb, depth, K, pose."""
-        from cooppose.onboarding import TEMPLATE_LIGHT, template_crop_K
+        from cooppose.onboarding import template_crop_K
 
         pose = self.template_poses(obj)[t]
         K = template_crop_K(obj, pose, self.size)
@@ -343,7 +344,7 @@ class RefinerDataset(SceneInstances):
         T_init = self.draw_pose(lambda: perturb_pose(T_gt, rng, c["trans_std_mm"], float(c["rot_std_deg"])), T_gt, obj)
         crop = refiner_crop(T_init, obj, v["K"], None, S, pad=float(c["crop_pad"]))
         query = self.query(v["rgb"], crop, rng)
-        r = self.local.renderer.render(obj, crop.K, T_init, size=(S, S))
+        r = self.local.renderer.render(obj, crop.K, T_init, (S, S), TEMPLATE_LIGHT)
         flow, valid = flow_targets(r.xyz, r.mask, crop.K, T_gt)
         query_depth = warp(v["depth"], crop, nearest=True)
         cert = certainty_targets(r.xyz, r.mask, crop.K, T_gt, query_depth, float(c["cert_tol"]) * obj.diameter)
@@ -401,7 +402,7 @@ class SelectionDataset(SceneInstances):
         T_hyp = self.draw_pose(lambda: selection_hypothesis(v["T_gt"], obj.diameter, rng, c), v["T_gt"], obj)
         crop = refiner_crop(T_hyp, obj, v["K"], None, S, pad=float(c["crop_pad"]))
         query = self.query(v["rgb"], crop, rng)
-        r = self.local.renderer.render(obj, crop.K, T_hyp, size=(S, S))
+        r = self.local.renderer.render(obj, crop.K, T_hyp, (S, S), TEMPLATE_LIGHT)
         label = selection_label(T_hyp, v["T_gt"], obj.diameter, float(c["rot_thresh_deg"]), float(c["trans_frac"]), obj.symmetries)
         return {"query": _to_chw(query), "render": _to_chw(r.rgb), "label": torch.tensor(float(label))}
 
