@@ -177,7 +177,7 @@ def box_uv(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.stack([u, v], -1)
 
 
-def _merge_corners(vertices: np.ndarray, faces: np.ndarray, attrs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def merge_corners(vertices: np.ndarray, faces: np.ndarray, attrs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Unmerge to one vertex per face corner with the given (F, 3, k) attributes, then merge identical rows."""
     pos = vertices[faces].reshape(-1, 3)
     flat = [a.reshape(len(pos), -1) for a in attrs]
@@ -221,11 +221,11 @@ def _finish(
     normals = corner_normals(vertices, faces)
     if textured:
         texture, texture_kind = random_texture(rng, 2 * TEXTURE_CELL, 3 * TEXTURE_CELL)
-        v, f, (nrm, uv) = _merge_corners(vertices, faces, [normals, box_uv(vertices, faces)])
+        v, f, (nrm, uv) = merge_corners(vertices, faces, [normals, box_uv(vertices, faces)])
         obj = SynthObject(v, f, nrm.astype(np.float32), uv=uv.astype(np.float32), texture=texture)
         obj.source["texture"] = texture_kind
         return obj
-    v, f, (nrm, col) = _merge_corners(vertices, faces, [normals, corner_colors])
+    v, f, (nrm, col) = merge_corners(vertices, faces, [normals, corner_colors])
     return SynthObject(v, f, nrm.astype(np.float32), colors=col.astype(np.uint8))
 
 

@@ -22,7 +22,7 @@ from cooppose.data.synth.objects import (
     DIAMETER_RANGE_MM,
     SynthObject,
     TEXTURE_CELL,
-    _merge_corners,
+    merge_corners,
     box_uv,
     corner_normals,
     diameter,
@@ -139,11 +139,11 @@ def load_package_object(entry: PackageMesh, rng: np.random.Generator, root: Path
     uv = getattr(mesh.visual, "uv", None)
     if entry.texture is not None and uv is not None and len(uv) == len(mesh.vertices):
         texture = _read_rgb(root / entry.texture)
-        v, f, (nrm, uvc) = _merge_corners(vertices, faces, [normals, np.asarray(uv, np.float64)[faces]])
+        v, f, (nrm, uvc) = merge_corners(vertices, faces, [normals, np.asarray(uv, np.float64)[faces]])
         return _with_symmetries(SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=texture, source=source))
     if entry.path.startswith("random_urdfs/") and rng.random() < RANDOM_URDF_TEXTURE_P:
         texture, kind = random_texture(rng, 2 * TEXTURE_CELL, 3 * TEXTURE_CELL)
-        v, f, (nrm, uvc) = _merge_corners(vertices, faces, [normals, box_uv(vertices, faces)])
+        v, f, (nrm, uvc) = merge_corners(vertices, faces, [normals, box_uv(vertices, faces)])
         source["texture"] = kind
         return _with_symmetries(SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=texture, source=source))
     if entry.color is not None:
@@ -153,7 +153,7 @@ def load_package_object(entry: PackageMesh, rng: np.random.Generator, root: Path
     else:
         color = random_color(rng)
     corner_colors = np.broadcast_to(color, faces.shape + (3,))
-    v, f, (nrm, col) = _merge_corners(vertices, faces, [normals, corner_colors])
+    v, f, (nrm, col) = merge_corners(vertices, faces, [normals, corner_colors])
     return _with_symmetries(SynthObject(v, f, nrm.astype(np.float32), colors=col.astype(np.uint8), source=source))
 
 
