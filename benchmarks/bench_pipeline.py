@@ -4,7 +4,7 @@ Uses the bundled checkpoints when present (or --checkpoints DIR), else randomly 
 the same size (timings do not depend on the weights). The scene is the bundled duck rendered into a
 640x480 image. Targets on a 2-core CPU: coarse < 0.3 s, 1 hypothesis < 1 s, 5 hypotheses < 3 s.
 
-    python benchmarks/bench_pipeline.py [--size tiny] [--repeats 5] [--depth] [--json out.json]
+    python benchmarks/bench_pipeline.py [--size tiny] [--repeats 5] [--depth] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,15 +52,20 @@ def scene(renderer: Renderer, obj) -> tuple[np.ndarray, np.ndarray, tuple[float,
     return rgb, depth, (xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5)
 
 
-def timed(fn, repeats: int) -> list[float]:
-    """Wall times (s) of `repeats` calls after one warm-up call."""
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time (s) of `repeats` calls after one warm-up call.
+
+    On a shared machine the wall time grows with the load; with --threads 1 the CPU time is what the
+    call would take on an idle core.
+    """
     fn()
-    out = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,8 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--checkpoints", default=None)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--depth", action="store_true", help="RGB-D pipeline")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     renderer = Renderer()
     obj = load_mesh(bundled_mesh_path("duck"))
@@ -79,29 +87,30 @@ def main(argv: list[str] | None = None) -> dict:
     depth = depth if args.depth else None
     with tempfile.TemporaryDirectory() as cache:
         est, weights = make_estimator(args.size, args.checkpoints, renderer, cache)
-        onboard_s = []
-        for i in range(max(1, args.repeats // 2)):
+
+        def onboard_fresh():  # no template or token cache: render 42 views and encode them
             est._templates.clear()
             est.coarse._tokens.clear()
-            with tempfile.TemporaryDirectory() as fresh:  # no template cache: render + encode from scratch
+            with tempfile.TemporaryDirectory() as fresh:
                 est.cache_dir = fresh
-                t0 = time.perf_counter()
                 est.onboard(obj)
-                onboard_s.append(time.perf_counter() - t0)
+
         results = {"weights": weights, "size": args.size, "mode": "rgbd" if args.depth else "rgb",
                    "renderer": renderer.name, "torch_threads": torch.get_num_threads(),
-                   "load_average_1min": os.getloadavg()[0], "onboard_s": statistics.median(onboard_s)}
+                   "load_average_1min": os.getloadavg()[0]}
+        results["onboard_s"], results["onboard_cpu_s"] = timed(onboard_fresh, max(1, args.repeats // 2))
         selector = est.selector
         est.selector = None
-        results["coarse_s"] = statistics.median(timed(lambda: est.estimate(rgb, K, obj, box=box, depth=depth, n_refine=0), args.repeats))
+        results["coarse_s"], results["coarse_cpu_s"] = timed(
+            lambda: est.estimate(rgb, K, obj, box=box, depth=depth, n_refine=0), args.repeats)
         est.selector = selector
         for k in (1, 5):
-            times = timed(lambda: est.estimate(rgb, K, obj, box=box, depth=depth, n_hypotheses=k, n_refine=3), args.repeats)
-            results[f"hyp{k}_s"] = statistics.median(times)
+            results[f"hyp{k}_s"], results[f"hyp{k}_cpu_s"] = timed(
+                lambda: est.estimate(rgb, K, obj, box=box, depth=depth, n_hypotheses=k, n_refine=3), args.repeats)
         hyp = est.estimate(rgb, K, obj, box=box, depth=depth, n_hypotheses=5, n_refine=3)[0]
         results["stage_split_5hyp_s"] = hyp.timings
-    for key in ("onboard_s", "coarse_s", "hyp1_s", "hyp5_s"):
-        print(f"{key:>10}: {1000 * results[key]:8.0f} ms")
+    for key in ("onboard", "coarse", "hyp1", "hyp5"):
+        print(f"{key:>8}: {1000 * results[key + '_s']:7.0f} ms wall, {1000 * results[key + '_cpu_s']:7.0f} ms CPU")
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as f:

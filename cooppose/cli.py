@@ -159,6 +159,7 @@ def _add_estimate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", default=None, help="folder of {coarse,refiner,selection}_<size>.pt (default: shipped)")
     p.add_argument("--size", default="tiny", help="network size of the checkpoints (default tiny)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--cache-dir", default=None, help="template cache folder (default ~/.cache/cooppose)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--save-debug", action="store_true", help="also write the coarse and refinement pictures to OUT/debug/")
@@ -224,6 +225,10 @@ def _add_estimate(sub: argparse._SubParsersAction) -> None:
         from cooppose.pipeline import PoseEstimator
         from cooppose.pipeline.checks import check_image
 
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         obj = load_mesh(args.mesh, units=args.units)
         rgb = image(args.rgb, "--rgb")
         K = intrinsics(args.K)
@@ -297,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CoopposeError as err:
         print(f"cooppose {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the command cannot read or write (a file where a folder is needed, no permission)
+        print(f"cooppose {args.command}: error: {err}; check the paths given.", file=sys.stderr)
         return 2
 
 

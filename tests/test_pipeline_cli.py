@@ -41,10 +41,17 @@ def base(root, out, *extra):
             "--checkpoints", str(root / "ckpt"), "--cache-dir", str(root / "cache"), "--out", str(out), *extra]
 
 
-def test_estimate_writes_pose_and_overlay(files, capsys):
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_estimate_writes_pose_and_overlay(files, capsys, keep_threads):
     root, box, k4 = files
     out = root / "out_rgb"
-    assert main(base(root, out, "--K", k4, "--box", box, "--hypotheses", "2", "--refine", "1", "--save-debug")) == 0
+    assert main(base(root, out, "--K", k4, "--box", box, "--hypotheses", "2", "--refine", "1", "--save-debug", "--threads", "1")) == 0
     result = json.loads((out / "pose.json").read_text())
     assert result["mode"] == "rgb" and len(result["hypotheses"]) == 2
     T = np.array(result["best"]["T"])
@@ -54,7 +61,7 @@ def test_estimate_writes_pose_and_overlay(files, capsys):
     names = sorted(p.name for p in (out / "debug").iterdir())
     assert names == ["h0_coarse.png", "h0_refine0.png", "h1_coarse.png", "h1_refine0.png"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    assert "wrote" in capsys.readouterr().out
+    assert "wrote" in capsys.readouterr().out and torch.get_num_threads() == 1
 
 
 def test_estimate_rgbd_from_mask_and_json_K(files):
