@@ -208,7 +208,10 @@ def _add_estimate(sub: argparse._SubParsersAction) -> None:
         if not Path(path).is_file():
             raise InputError(f"{flag} file not found: {path}.")
         if path.endswith(".npy"):
-            return np.load(path)
+            try:
+                return np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as err:  # not an .npy file, or object arrays (never unpickled)
+                raise InputError(f"{flag} file {path} is not a plain numeric .npy array ({err}).") from err
         try:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr", "LA") else im)
