@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 from test_pipeline_oracles import OracleCoarse, OracleRefine, OracleSelect, make_scene, perturb, pose_errors
+from test_pipeline_oracles import one_thread  # noqa: F401 (autouse fixture)
 
-from cooppose.errors import InputError, MeshError
+from cooppose.errors import CameraError, InputError, MeshError
 from cooppose.geometry.transforms import make_pose, so3_exp
 from cooppose.objects import ObjectModel, bundled_mesh_path, load_mesh
 from cooppose.pipeline import PoseEstimator
-from cooppose.pipeline.coarse import coarse_hypotheses, query_crop
-from cooppose.pipeline.coarse import CoarseQuery
+from cooppose.pipeline.coarse import CoarseQuery, coarse_hypotheses, query_crop
 from cooppose.pipeline.refine import make_view, refine_step
 from cooppose.render import Renderer
 
@@ -120,8 +120,6 @@ def test_bad_inputs_raise_clear_errors(estimator, scene, duck):
     tiny = ObjectModel.from_arrays(vertices=duck.vertices / 1000.0, faces=duck.faces, name="duck_m")
     with pytest.raises(MeshError, match="units='m'"):
         estimator.estimate(scene.rgb, scene.K, tiny, box=box)
-    from cooppose.errors import CameraError
-
     with pytest.raises(CameraError, match="principal point"):
         estimator.estimate(scene.rgb, scene.K * np.array([[1, 1, 10], [1, 1, 10], [1, 1, 1]]), duck, box=box)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from test_pipeline_network import MICRO, MICRO_KIND
-from test_pipeline_oracles import make_scene
+from test_pipeline_oracles import make_scene, one_thread  # noqa: F401 (autouse fixture)
 
 from cooppose.cli import main
 from cooppose.geometry.transforms import make_pose, so3_exp

@@ -4,7 +4,7 @@ checkpoints load from files or memory, and template tokens are cached next to th
 import numpy as np
 import pytest
 import torch
-from test_pipeline_oracles import make_scene
+from test_pipeline_oracles import make_scene, one_thread  # noqa: F401 (autouse fixture)
 
 from cooppose.errors import CheckpointError
 from cooppose.geometry.transforms import make_pose, so3_exp

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 from test_pipeline_oracles import OracleCoarse, OracleRefine, OracleSelect, make_scene
+from test_pipeline_oracles import one_thread  # noqa: F401 (autouse fixture)
 
 from cooppose import viz
 from cooppose.geometry.transforms import make_pose, so3_exp
