@@ -36,8 +36,9 @@ def _load(kind: str, source, size: str, directory, device: str):
         path = Path(source) if source is not None else checkpoint_path(kind, size, directory)
         if not path.is_file():
             raise CheckpointError(
-                f"{kind} checkpoint not found: {path}. Train one (`cooppose train {kind}`) and pass its folder as "
-                f"checkpoints/path, or give the file explicitly ({kind}=PATH)."
+                f"{kind} checkpoint not found: {path}. Train one (`cooppose train {kind} --config ...` exports "
+                f"{path.name} into its run folder) and pass that folder as path / --checkpoints, or give the file "
+                f"itself ({kind}=PATH)."
             )
         model = load_model(path, kind=kind, device=device)
     cfg_kind = getattr(getattr(model, "cfg", None), "kind", None)
