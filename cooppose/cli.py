@@ -87,14 +87,21 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
     o = ss.add_parser("objects", help="write procedural (and pybullet) objects as a BOP models/ folder")
     o.add_argument("--out", required=True, help="models folder to write (obj_*.ply, models_info.json, sources.json)")
-    o.add_argument("--n", type=int, required=True, help="number of procedural objects (ids 1..n)")
+    o.add_argument("--n", type=int, default=0, help="number of procedural objects (ids 1..n)")
     o.add_argument("--seed", type=int, default=0, help="seed of the object set")
     o.add_argument("--pybullet", action="store_true", help="add the pybullet_data meshes (ids n+1...; never the duck)")
+    o.add_argument("--mesh", action="append", default=[], help="a mesh file to write instead (repeatable; ids 1...)")
+    o.add_argument("--units", default="mm", choices=["mm", "m"], help="units of the --mesh files")
 
     def run_objects(args: argparse.Namespace) -> int:
-        from cooppose.data.synth import make_object_set
+        from cooppose.data.synth import make_object_set, write_models
+        from cooppose.data.synth.sources import mesh_file_object
 
-        infos = make_object_set(args.out, args.n, args.seed, pybullet=args.pybullet, progress=True)
+        if args.mesh:
+            objects = ((i, mesh_file_object(path, args.units)) for i, path in enumerate(args.mesh, start=1))
+            infos = write_models(args.out, objects)
+        else:
+            infos = make_object_set(args.out, args.n, args.seed, pybullet=args.pybullet, progress=True)
         print(f"{len(infos)} objects in {args.out}")
         return 0
 

@@ -184,3 +184,21 @@ def test_huge_hull_diameter_from_extreme_points(monkeypatch):
     assert len(m.hull_indices) == 6000
     exact = pdist(v).max()
     assert exact * 0.999 <= m.diameter <= exact
+
+
+def test_obj_texture_named_with_a_relative_parent_path_is_loaded(tmp_path):
+    """An OBJ whose MTL names its texture as ../textures/x.png (as robosuite's do) gets that texture."""
+    from PIL import Image
+
+    (tmp_path / "textures").mkdir()
+    Image.fromarray(np.full((8, 8, 3), (200, 30, 40), np.uint8)).save(tmp_path / "textures" / "red.png")
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    (meshes / "q.mtl").write_text("newmtl m\nKd 1 1 1\nmap_Kd ../textures/red.png\n")
+    (meshes / "q.obj").write_text(
+        "mtllib q.mtl\nv 0 0 0\nv 50 0 0\nv 0 50 0\nv 0 0 50\nvt 0 0\nvt 1 0\nvt 0 1\nvt 1 1\nusemtl m\n"
+        "f 1/1 3/3 2/2\nf 1/1 2/2 4/4\nf 1/1 4/4 3/3\nf 2/2 3/3 4/4\n"
+    )
+    obj = load_mesh(meshes / "q.obj")
+    assert obj.texture is not None and tuple(obj.texture[0, 0]) == (200, 30, 40)
+    assert obj.uv is not None and len(obj.uv) == len(obj.vertices)

@@ -240,3 +240,21 @@ def test_find_symmetries_recovers_the_analytic_ones_and_none_on_asymmetric_objec
     for obj in OBJECTS[:12]:
         if obj.source["kind"] != "symmetric":
             assert find_symmetries(obj) == ([], [])
+
+
+def test_cli_writes_given_mesh_files_as_a_models_folder(tmp_path):
+    """`synth objects --mesh F --units m` writes the user's mesh in mm with its colours, ids from 1."""
+    from cooppose.cli import main
+    from cooppose.objects import load_mesh
+
+    mesh = trimesh.creation.box(extents=(0.1, 0.05, 0.02))
+    mesh.visual.vertex_colors = np.tile([10, 200, 30, 255], (len(mesh.vertices), 1))
+    src = tmp_path / "box.ply"
+    mesh.export(src)
+    out = tmp_path / "models"
+    assert main(["synth", "objects", "--out", str(out), "--mesh", str(src), "--units", "m"]) == 0
+    info = bop.load_models_info(out / "models_info.json")
+    assert list(info) == [1]
+    assert info[1]["diameter"] == pytest.approx(np.sqrt(100**2 + 50**2 + 20**2), rel=1e-6)
+    obj = load_mesh(out / "obj_000001.ply")
+    assert np.all(obj.vertex_colors == (10, 200, 30))

@@ -217,7 +217,23 @@ def _read_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _appearance(mesh):
+def _mtl_texture_path(path: Path) -> Path | None:
+    """The first `map_Kd` image named by an OBJ's material libraries, resolved relative to each .mtl file."""
+    if path.suffix.lower() != ".obj":
+        return None
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("mtllib "):
+            continue
+        mtl = path.parent / line.split(maxsplit=1)[1].strip()
+        if not mtl.is_file():
+            continue
+        for mline in mtl.read_text(errors="replace").splitlines():
+            if mline.strip().startswith("map_Kd "):
+                return (mtl.parent / mline.strip().split()[-1]).resolve()
+    return None
+
+
+def _appearance(mesh, path: Path):
     """(vertices, faces, vertex_colors, uv, texture) of a trimesh mesh; colours None when it has none."""
     from PIL import Image
 
@@ -228,6 +244,11 @@ def _appearance(mesh):
         image = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
         if isinstance(image, Image.Image):
             return vertices, faces, None, np.asarray(visual.uv, np.float32), np.asarray(image.convert("RGB"), np.uint8)
+        tex_path = _mtl_texture_path(path)  # trimesh does not follow paths like ../textures/x.png
+        if tex_path is not None and tex_path.is_file():
+            return vertices, faces, None, np.asarray(visual.uv, np.float32), _read_image(tex_path)
+        if tex_path is not None:
+            warnings.warn(f"texture {tex_path} named by the material of {path} is missing; the mesh is rendered untextured.", stacklevel=3)
         return vertices, faces, np.tile(np.asarray(mat.main_color)[:3].astype(np.uint8), (len(vertices), 1)), None, None
     if visual.kind == "vertex":
         return vertices, faces, np.asarray(visual.vertex_colors)[:, :3].astype(np.uint8), None, None
@@ -250,7 +271,7 @@ def _ply_appearance(mesh, path: Path):
         return vertices, faces, None, None, None
     if mesh.visual.kind == "texture":  # UVs without an image: nothing to show
         return vertices, faces, None, None, None
-    return _appearance(mesh)
+    return _appearance(mesh, path)
 
 
 def _load_trimesh(path: Path):
@@ -295,7 +316,7 @@ def load_mesh(path: str | Path, units: str = "mm", models_info: dict | None = No
     if path.suffix.lower() not in SUFFIXES:
         raise MeshError(f"unsupported mesh format {path.suffix!r} for {path}; convert it to one of {', '.join(SUFFIXES)}.")
     mesh = _load_trimesh(path)
-    vertices, faces, vertex_colors, uv, texture = _ply_appearance(mesh, path) if path.suffix.lower() == ".ply" else _appearance(mesh)
+    vertices, faces, vertex_colors, uv, texture = _ply_appearance(mesh, path) if path.suffix.lower() == ".ply" else _appearance(mesh, path)
     vertices, faces, vertex_colors, uv, texture = _validate_arrays(
         str(path), vertices * UNIT_SCALE[units], faces, vertex_colors, uv, texture
     )

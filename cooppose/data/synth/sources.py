@@ -174,3 +174,18 @@ def package_objects(seed: int, root: Path | None = None) -> Iterator[SynthObject
             yield load_package_object(entry, np.random.default_rng([seed, 1_000_000 + k]), root)
         except MeshError as err:
             warnings.warn(str(err), stacklevel=2)
+
+
+def mesh_file_object(path: str | Path, units: str = "mm") -> SynthObject:
+    """A user's mesh file (PLY/OBJ/GLB, with its texture or colours) as a SynthObject in mm, frame kept as is."""
+    from cooppose.objects import load_mesh
+
+    obj = load_mesh(path, units=units)
+    normals = corner_normals(obj.vertices, obj.faces)
+    source = {"source": "mesh file", "path": str(path), "units": units}
+    if obj.texture is not None:
+        v, f, (nrm, uvc) = merge_corners(obj.vertices, obj.faces, [normals, obj.uv[obj.faces]])
+        return SynthObject(v, f, nrm.astype(np.float32), uv=uvc.astype(np.float32), texture=obj.texture, source=source)
+    colors = obj.vertex_colors if obj.vertex_colors is not None else np.full((len(obj.vertices), 3), 180, np.uint8)
+    v, f, (nrm, col) = merge_corners(obj.vertices, obj.faces, [normals, colors[obj.faces].astype(np.float64)])
+    return SynthObject(v, f, nrm.astype(np.float32), colors=np.round(col).astype(np.uint8), source=source)
