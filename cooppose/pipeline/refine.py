@@ -22,6 +22,7 @@ from cooppose.geometry.lm_pnp import lm_pnp
 from cooppose.geometry.pnp import magsac_rigid
 from cooppose.geometry.transforms import backproject, transform_points
 from cooppose.models import normalize
+from cooppose.onboarding import TEMPLATE_LIGHT
 from cooppose.pipeline.sampling import sample_map
 
 REFINE_PAD = 1.4
@@ -104,7 +105,7 @@ def make_view(renderer, obj, rgb: np.ndarray, K: np.ndarray, T: np.ndarray, size
               depth: np.ndarray | None = None) -> RefineView:
     """Crop the query around pose T (pad 1.4) and render the object at T with the crop intrinsics."""
     crop = refiner_crop(T, obj, K, None, size, pad=REFINE_PAD)
-    r = renderer.render(obj, crop.K, T, size=(size, size))
+    r = renderer.render(obj, crop.K, T, (size, size), TEMPLATE_LIGHT)
     query_depth = warp(depth, crop, nearest=True) if depth is not None else None
     return RefineView(query=warp(rgb, crop), render=r.rgb, crop=crop, T=np.asarray(T, dtype=np.float64),
                       xyz=r.xyz, mask=r.mask, query_depth=query_depth)
