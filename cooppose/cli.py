@@ -293,7 +293,47 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-COMMANDS = [_add_onboard, _add_eval, _add_score, _add_synth, _add_estimate, _add_train]
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="estimate the held-out duck's pose in the bundled scene; error after every stage, pictures")
+    p.add_argument("--hypotheses", type=int, default=1, help="pose hypotheses (1 or 5 as in Co-op; default 1)")
+    p.add_argument("--rgbd", action="store_true", help="use the scene's depth image (RGB-D mode)")
+    p.add_argument("--refine", type=int, default=3, help="refinement iterations, at least 1 (default 3)")
+    p.add_argument("--json", action="store_true", help="also print the results as one JSON object on the last line")
+    p.add_argument("--out", default="cooppose_demo", help="folder for the pictures (default ./cooppose_demo)")
+    p.add_argument("--checkpoints", default=None, help="folder of {coarse,refiner,selection}_<size>.pt (default: shipped)")
+    p.add_argument("--size", default="tiny", help="network size of the checkpoints (default tiny)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--cache-dir", default=None, help="template cache folder (default ~/.cache/cooppose)")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+        import time
+
+        from cooppose import demo
+        from cooppose.objects import bundled_mesh_path, load_mesh
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        est = demo.load_estimator(args.checkpoints, size=args.size, device=args.device, cache_dir=args.cache_dir)
+        load_s = time.perf_counter() - t0
+        duck, scene = load_mesh(bundled_mesh_path("duck")), demo.load_demo_scene()
+        result = demo.run_demo(est, scene, duck, n_hypotheses=args.hypotheses, rgbd=args.rgbd, n_refine=args.refine)
+        result.timings = {"load_s": load_s, **result.timings}
+        written = demo.save_pictures(result, scene, duck, est.renderer, args.out)
+        print("\n".join(demo.report_lines(result, duck)))
+        print(f"wrote {len(written)} pictures to {args.out}: " + ", ".join(p.name for p in written))
+        if args.json:
+            print(json.dumps(result.to_dict()))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+COMMANDS = [_add_onboard, _add_eval, _add_score, _add_synth, _add_estimate, _add_train, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
