@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,6 +132,13 @@ def _torch_load(path: str | Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: file not found.") from err
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():  # torch's advice to load unsafely is not repeated
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects other than tensors, which cooppose never unpickles "
+                "(unpickling them could run code). Use a model file written by cooppose (save_model / export_model)."
+            ) from None
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(err).__name__}: {err}).") from err
     except Exception as err:  # truncated archives, pickles with disallowed globals, random bytes
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(err).__name__}: {err}).") from err
 
