@@ -335,6 +335,9 @@ def load_mesh(path: str | Path, units: str = "mm", models_info: dict | None = No
         content_hash=h.hexdigest(),
         symmetries=symmetries,
     )
+    if not model.face_areas.sum() > 0:
+        raise MeshError(f"mesh {path}: all {len(faces)} triangles have zero area (coincident or collinear vertices); "
+                        "nothing can be rendered. Check the file.")
     if units == "mm" and model.diameter < MIN_DIAMETER_MM:
         raise MeshError(f"mesh {path} is {model.diameter:.3g} mm across, which looks like metres; pass units='m'.")
     if units == "m" and model.diameter > MAX_DIAMETER_M * 1000:
