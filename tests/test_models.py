@@ -163,6 +163,10 @@ def test_config_validation():
         get_config("coarse", "tiny", enc_embed_dim=190)
     with pytest.raises(ConfigError, match="dpt_hooks"):
         get_config("refiner", "tiny", dpt_hooks=(5, 6, 7, 30))
+    with pytest.raises(ConfigError, match="dpt_hooks"):
+        get_config("refiner", "tiny", dpt_hooks=(5, 6, 7, 8))  # the last decoder block would be unused
+    with pytest.raises(ConfigError, match="dpt_head_stride"):
+        get_config("refiner", "tiny", dpt_head_stride=4)
 
 
 def test_shipped_file_roundtrip_and_corruption(tmp_path):

@@ -79,18 +79,18 @@ def test_load_reduced_depth_paper_like_checkpoint(tmp_path):
 
 def test_croco_loading_errors(tmp_path):
     model = build_model("selection", "tiny", enc_depth=1, dec_depth=1)
-    tiny = dict(enc_embed_dim=192, enc_depth=1, enc_num_heads=3, dec_embed_dim=192, dec_depth=1, dec_num_heads=3)
-    shapes = croco_v2_shapes(192, 1, 192, 1)
+    tiny = dict(enc_embed_dim=160, enc_depth=1, enc_num_heads=4, dec_embed_dim=160, dec_depth=1, dec_num_heads=4)
+    shapes = croco_v2_shapes(160, 1, 160, 1)
     wrong = tmp_path / "wrong.pth"
     _write_croco(wrong, shapes, {**tiny, "enc_depth": 2})
     with pytest.raises(CheckpointError, match="enc_depth"):
         load_croco_weights(model, str(wrong))
     extra = tmp_path / "extra.pth"
-    _write_croco(extra, {**shapes, "enc_blocks.5.norm1.weight": (192,)}, tiny)
+    _write_croco(extra, {**shapes, "enc_blocks.5.norm1.weight": (160,)}, tiny)
     with pytest.raises(CheckpointError, match="enc_blocks.5"):
         load_croco_weights(model, str(extra))
     v1 = tmp_path / "v1.pth"
-    _write_croco(v1, {**shapes, "enc_pos_embed": (100, 192)}, tiny)
+    _write_croco(v1, {**shapes, "enc_pos_embed": (100, 160)}, tiny)
     with pytest.raises(CheckpointError, match="v1"):
         load_croco_weights(model, str(v1))
     cut = tmp_path / "cut.pth"

@@ -1,7 +1,12 @@
 """Named network sizes: `paper` (Co-op's CroCo v2 ViT-L/B and ViT-B/S at 224 px) and `tiny` (CPU, 160 px).
 
-`tiny` was sized by measurement on a 2-core CPU (benchmarks/bench_models.py): the coarse and refiner
-models train at >= 15 samples/s and each shipped fp16 file stays well under 20 MB.
+`tiny` was sized by measurement on the 2-core CPU (benchmarks/bench_models.py). One training step
+costs, in single-thread CPU ms per sample at batch 16 (best of 12 interleaved rounds on the shared
+machine): width 192 (6 + 4 blocks, 3 heads): coarse 95, refiner 115; width 160 (6 + 4 blocks, 4
+heads): coarse 71, refiner 94; the refiner's DPT head with its last convolutions at half resolution
+costs 24 ms of these (38 ms at full resolution). Two threads on an idle machine give about
+1.4-1.7x, so width 160 is the widest that keeps coarse and refiner at >= 15 samples/s. Each shipped
+fp16 file stays under 10 MB.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class ModelConfig:
     dpt_hooks: tuple[int, int, int, int] = (5, 7, 8, 9)
     dpt_layer_dims: tuple[int, int, int, int] = (24, 48, 96, 192)
     dpt_feature_dim: int = 32
-    dpt_last_dim: int = 16  # channels of the last full-resolution conv
+    dpt_last_dim: int = 16  # channels of the last 3x3 conv
+    dpt_head_stride: int = 2  # 1: last convs at full resolution (CroCo); 2: at half, then bilinear upsampling
     flow_radius: float = 2.0  # R (pixels) in flow_probability = 1 - exp(-R / b)
     scale_min: float = 0.25  # bounds (pixels) of the Laplace scale b
     scale_max: float = 16.0
@@ -58,20 +64,20 @@ class ModelConfig:
 
 
 _BASE = {
-    ("coarse", "tiny"): dict(img_size=160, enc_embed_dim=192, enc_depth=6, enc_num_heads=3,
-                             dec_embed_dim=192, dec_depth=4, dec_num_heads=3, match_dim=128),
-    ("refiner", "tiny"): dict(img_size=160, enc_embed_dim=192, enc_depth=6, enc_num_heads=3,
-                              dec_embed_dim=192, dec_depth=4, dec_num_heads=3,
+    ("coarse", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=6, enc_num_heads=4,
+                             dec_embed_dim=160, dec_depth=4, dec_num_heads=4, match_dim=128),
+    ("refiner", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=6, enc_num_heads=4,
+                              dec_embed_dim=160, dec_depth=4, dec_num_heads=4,
                               dpt_hooks=(5, 7, 8, 9), dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=32,
                               dpt_last_dim=16),
-    ("selection", "tiny"): dict(img_size=160, enc_embed_dim=192, enc_depth=4, enc_num_heads=3,
-                                dec_embed_dim=192, dec_depth=2, dec_num_heads=3),
+    ("selection", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=4, enc_num_heads=4,
+                                dec_embed_dim=160, dec_depth=2, dec_num_heads=4),
     ("coarse", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
                               dec_embed_dim=768, dec_depth=12, dec_num_heads=12, match_dim=256),
     ("refiner", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
                                dec_embed_dim=768, dec_depth=12, dec_num_heads=12,
                                dpt_hooks=(23, 27, 31, 35), dpt_layer_dims=(96, 192, 384, 768), dpt_feature_dim=256,
-                               dpt_last_dim=32),
+                               dpt_last_dim=32, dpt_head_stride=1),
     ("selection", "paper"): dict(img_size=224, enc_embed_dim=768, enc_depth=12, enc_num_heads=12,
                                  dec_embed_dim=512, dec_depth=8, dec_num_heads=16),
 }
@@ -117,5 +123,7 @@ def _validate(cfg: ModelConfig) -> None:
                 f"dpt_hooks {hooks} must be 4 block indices in [0, {n_blocks}), the last three in the decoder "
                 f"(>= enc_depth {cfg.enc_depth}) and the last one the final block {n_blocks - 1} (every block is used)."
             )
+        if cfg.dpt_head_stride not in (1, 2):
+            raise ConfigError(f"dpt_head_stride must be 1 or 2, got {cfg.dpt_head_stride}.")
         if not 0 < cfg.scale_min < cfg.scale_max:
             raise ConfigError(f"need 0 < scale_min < scale_max, got {cfg.scale_min}, {cfg.scale_max}.")

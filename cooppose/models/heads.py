@@ -90,11 +90,13 @@ class DPTHead(nn.Module):
     """Dense head on 4 token maps (DPT): reassemble at 1/4, 1/8, 1/16, 1/32 of the input, fuse coarse-to-fine, predict at full size.
 
     Outputs `out_channels` maps at img_size x img_size; no batch norm, so a batch split across
-    processes gives the same result as the whole batch.
+    processes gives the same result as the whole batch. With head_stride 2 the last two convolutions
+    run at half resolution and their output is upsampled bilinearly (CPU sizes: convolution backward
+    at full resolution is the largest cost of the head).
     """
 
     def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
-                 img_size: int, out_channels: int, last_dim: int):
+                 img_size: int, out_channels: int, last_dim: int, head_stride: int = 1):
         super().__init__()
         self.grid = grid
         self.img_size = img_size
@@ -109,9 +111,10 @@ class DPTHead(nn.Module):
         )
         self.project = nn.ModuleList(nn.Conv2d(ld, feature_dim, 3, padding=1, bias=False) for ld in layer_dims)
         self.fusion = nn.ModuleList(_Fusion(feature_dim, with_skip=i < 3) for i in range(4))  # the coarsest has no skip
+        self.head_stride = head_stride
         self.out = nn.Sequential(
             nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),
-            nn.Upsample(size=(img_size, img_size), mode="bilinear", align_corners=True),
+            nn.Upsample(size=(img_size // head_stride,) * 2, mode="bilinear", align_corners=True),
             nn.Conv2d(feature_dim // 2, last_dim, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(last_dim, out_channels, 1),
@@ -126,7 +129,10 @@ class DPTHead(nn.Module):
         x = self.fusion[2](x, feats[2], size=feats[1].shape[-2:])
         x = self.fusion[1](x, feats[1], size=feats[0].shape[-2:])
         x = self.fusion[0](x, feats[0])
-        return self.out(x)
+        out = self.out(x)
+        if self.head_stride > 1:  # the last convs ran at 1/head_stride: bilinear (pixel-centre aligned) to full size
+            out = F.interpolate(out, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        return out
 
 
 class RefinerHead(nn.Module):
@@ -141,9 +147,10 @@ class RefinerHead(nn.Module):
     """
 
     def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
-                 img_size: int, last_dim: int, flow_radius: float, scale_min: float, scale_max: float):
+                 img_size: int, last_dim: int, head_stride: int, flow_radius: float, scale_min: float, scale_max: float):
         super().__init__()
-        self.dpt = DPTHead(token_dims, layer_dims, feature_dim, grid, img_size, out_channels=5, last_dim=last_dim)
+        self.dpt = DPTHead(token_dims, layer_dims, feature_dim, grid, img_size, out_channels=5, last_dim=last_dim,
+                           head_stride=head_stride)
         self.flow_radius = flow_radius
         self.scale_min = scale_min
         self.scale_max = scale_max

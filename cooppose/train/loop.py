@@ -371,6 +371,7 @@ def train(
                 _save(ckpt_path, model, optimizer, scheduler, scaler, step, cfg)
             if env.world > 1:
                 dist.barrier()
+    del data_iter  # stops the loader's worker processes before the export
     if bar is not None:
         bar.close()
     logger.close()
