@@ -8,6 +8,7 @@ u_crop = s * (u - x0) - 0.5 with s = S / (x1 - x0), and the crop intrinsics are 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -47,6 +48,12 @@ def check_intrinsics(K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         raise CameraError(
             f"K does not fit the {W}x{H} image: principal point ({cx:.1f}, {cy:.1f}) lies outside it. "
             "Check that K belongs to this image (and was scaled if the image was resized)."
+        )
+    if abs(cx - (W - 1) / 2) > W / 4 or abs(cy - (H - 1) / 2) > H / 4:  # e.g. K of the camera's full resolution
+        warnings.warn(
+            f"K's principal point ({cx:.1f}, {cy:.1f}) is far from the centre of the {W}x{H} image; check that K "
+            "belongs to this image (scale fx, fy, cx, cy with the image when it is resized).",
+            stacklevel=2,
         )
     return K
 
