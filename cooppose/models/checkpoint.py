@@ -92,7 +92,7 @@ def save_model(model: CroCoPair, path: str | Path, info: dict | None = None) -> 
 
 def export_model(checkpoint: str | Path | dict, path: str | Path) -> Path:
     """Turn a training checkpoint (file or loaded dict, as written by cooppose.train.loop) into a shipped model file."""
-    ckpt = _torch_load(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    ckpt = load_torch_file(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     where = checkpoint if not isinstance(checkpoint, dict) else "<checkpoint dict>"
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{where}: not a cooppose training checkpoint (needs 'model' and 'model_config').")
@@ -115,7 +115,7 @@ def load_model(path: str | Path, kind: str | None = None, device: str | torch.de
         recorded = side.read_text().split()
         if not recorded or sha256_file(path) != recorded[0]:
             raise CheckpointError(f"{path}: checksum does not match {side.name}; the file is truncated or was modified. Re-download or re-export it.")
-    payload = _torch_load(path)
+    payload = load_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cooppose model file (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}).")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -127,7 +127,8 @@ def load_model(path: str | Path, kind: str | None = None, device: str | torch.de
     return model.float().to(device).eval()
 
 
-def _torch_load(path: str | Path) -> object:
+def load_torch_file(path: str | Path) -> object:
+    """torch.load with weights_only=True (tensors and plain containers only); CheckpointError naming `path` otherwise."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:

@@ -207,12 +207,13 @@ def plan_croco_load(model: CroCoPair, state: dict[str, torch.Tensor], path: str 
 
 def load_croco_weights(model: CroCoPair, path: str) -> LoadReport:
     """Load a CroCo v2 checkpoint (a dict with `model` and `croco_kwargs`) into the backbone of `model`; heads stay as they are."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{path}: CroCo checkpoint not found; download it from naver/croco and pass its path.") from err
-    except Exception as err:  # truncated or not a torch file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err}).") from err
+    from pathlib import Path
+
+    from cooppose.models.checkpoint import load_torch_file  # imported here: checkpoint imports this module
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: CroCo checkpoint not found; download it from naver/croco and pass its path.")
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (CroCo v2 release format).")
     kwargs = ckpt.get("croco_kwargs") or {}

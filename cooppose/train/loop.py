@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cooppose.errors import CheckpointError, ConfigError
 from cooppose.models import build_model, get_config, load_croco_weights
-from cooppose.models.checkpoint import atomic_torch_save, export_model
+from cooppose.models.checkpoint import atomic_torch_save, export_model, load_torch_file
 from cooppose.models.configs import KINDS, config_from_dict
 from cooppose.train.steps import STEPS, resolve_loss_config
 
@@ -401,10 +401,9 @@ def _save(path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int,
 
 def _restore(path: Path, model: nn.Module, optimizer, scheduler, scaler, kind: str) -> int:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({type(err).__name__}: {err}); "
-                              "delete it or pass --no-resume.") from err
+        ckpt = load_torch_file(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume: {err} Delete it or pass --no-resume.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path}: not a cooppose training checkpoint.")
     if ckpt["kind"] != kind or config_from_dict(ckpt["model_config"]) != model.cfg:
