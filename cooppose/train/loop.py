@@ -67,9 +67,41 @@ def load_train_config(path: str | Path) -> dict:
         raw = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise ConfigError(f"training config {path} not found; see configs/*.json for examples.") from err
-    except json.JSONDecodeError as err:
+    except IsADirectoryError as err:
+        raise ConfigError(f"training config {path} is a folder; give a JSON file (see configs/*.json).") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"training config {path} is not valid JSON: {err}") from err
     return resolve_train_config(raw)
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(cfg: dict) -> None:
+    """Refuse values of the wrong type or range (they would fail deep inside torch otherwise)."""
+    bad = [k for k in ("batch_size", "steps", "log_every", "val_every", "ckpt_every", "val_batches") if not _is_int(cfg[k], 1)]
+    bad += [k for k in ("warmup_steps", "num_workers", "seed") if not _is_int(cfg[k], 0)]
+    bad += [k for k in ("lr", "decay_factor") if not (_is_number(cfg[k]) and cfg[k] > 0)]
+    bad += [] if _is_number(cfg["weight_decay"]) and cfg["weight_decay"] >= 0 else ["weight_decay"]
+    bad += [] if cfg["grad_clip"] is None or _is_number(cfg["grad_clip"]) and cfg["grad_clip"] > 0 else ["grad_clip"]
+    betas = cfg["betas"]
+    bad += [] if isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas) else ["betas"]
+    bad += [] if isinstance(cfg["decay_steps"], list) and all(_is_int(m, 0) for m in cfg["decay_steps"]) else ["decay_steps"]
+    bad += [] if isinstance(cfg["amp"], bool) else ["amp"]
+    bad += [] if cfg["croco_weights"] is None or isinstance(cfg["croco_weights"], str) else ["croco_weights"]
+    bad += [f"loss.{k}" for k, v in cfg["loss"].items() if not _is_number(v)]
+    if bad:
+        details = ", ".join(f"{k}={cfg['loss'][k[5:]] if k.startswith('loss.') else cfg[k]!r}" for k in bad)
+        raise ConfigError(
+            f"training config values of the wrong type or range: {details}. Integers >= 1 for batch_size, steps, "
+            "*_every, val_batches; integers >= 0 for warmup_steps, num_workers, seed, decay_steps; lr, decay_factor > 0; "
+            "weight_decay >= 0; grad_clip > 0 or null; betas two numbers in [0, 1); amp true/false; loss values numbers."
+        )
 
 
 def resolve_train_config(raw: dict) -> dict:
@@ -83,6 +115,9 @@ def resolve_train_config(raw: dict) -> dict:
     kind = raw.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"training config 'kind' must be one of {KINDS}, got {kind!r}.")
+    for key in ("model", "data", "loss"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ConfigError(f"training config {key!r} must be a JSON object, got {raw[key]!r}.")
     cfg = {**TRAIN_DEFAULTS, **raw}
     model = dict(cfg.get("model") or {"size": "tiny"})
     img_size = get_config(kind, **model).img_size  # raises ConfigError on a bad size or field
@@ -91,11 +126,7 @@ def resolve_train_config(raw: dict) -> dict:
     if cfg["data"].get("size", img_size) != img_size:
         raise ConfigError(f"data size {cfg['data']['size']} differs from the model input size {img_size}; make them equal.")
     cfg["loss"] = resolve_loss_config(kind, cfg.get("loss"))
-    for key in ("batch_size", "steps", "log_every", "val_every", "ckpt_every"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"training config {key!r} must be a positive integer, got {cfg[key]!r}.")
-    if not cfg["lr"] > 0 or cfg["warmup_steps"] < 0 or cfg["grad_clip"] is not None and not cfg["grad_clip"] > 0:
-        raise ConfigError(f"need lr > 0, warmup_steps >= 0, grad_clip > 0 or null; got {cfg['lr']}, {cfg['warmup_steps']}, {cfg['grad_clip']}.")
+    _check_types(cfg)
     return cfg
 
 
