@@ -1,4 +1,5 @@
-"""Fuzzing: BOP/JSON readers and the results CSV raise only DatasetError; the CLI only exits cleanly.
+"""Fuzzing: BOP/JSON readers and the results CSV raise only DatasetError, training configs only ConfigError;
+the CLI only exits cleanly.
 
 Valid documents of every BOP file kind are mutated by hypothesis (values replaced by any JSON value,
 keys and list items deleted, text truncated or garbled); whatever the reader gets, the only exception
@@ -28,7 +29,7 @@ from cooppose.errors import DatasetError
 from cooppose.eval.runner import load_detections
 from cooppose.objects.symmetry import symmetry_transformations
 
-FAST = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 LONG = settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 R9 = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
@@ -273,7 +274,7 @@ def test_cli_commands_are_all_found():
     assert {("onboard",), ("eval",), ("score",), ("synth", "objects"), ("synth", "scenes"), ("synth", "show")} <= set(COMMANDS)
 
 
-CLI_FAST = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+CLI_FAST = settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLI_LONG = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -288,3 +289,36 @@ def test_cli_exits_cleanly_on_any_arguments(tmp_path, argv):
 @given(argvs())
 def test_cli_exits_cleanly_on_any_arguments_long(tmp_path, argv):
     _fuzz_cli(tmp_path, argv)
+
+
+# ---------------------------------------------------------------------------------------------- training configs
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _fuzz_train_config(tmp_path: Path, data) -> None:
+    from cooppose.errors import ConfigError
+    from cooppose.train import load_train_config
+
+    name = data.draw(st.sampled_from(sorted(p.name for p in CONFIGS.glob("*.json"))), label="config")
+    text = _json_text(_mutate(json.loads((CONFIGS / name).read_text()), data.draw))
+    if text is None:
+        return
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_train_config(path)
+    except ConfigError:
+        pass
+
+
+@FAST
+@given(st.data())
+def test_training_config_reader_raises_only_config_error(tmp_path, data):
+    _fuzz_train_config(tmp_path, data)
+
+
+@pytest.mark.slow
+@LONG
+@given(st.data())
+def test_training_config_reader_raises_only_config_error_long(tmp_path, data):
+    _fuzz_train_config(tmp_path, data)
