@@ -259,7 +259,7 @@ def load_estimator(checkpoints: str | Path | None = None, size: str = "tiny", de
         raise CheckpointError(
             f"{err}\nThe demo needs coarse_{size}.pt, refiner_{size}.pt and selection_{size}.pt in {where}. Make them "
             f"with `cooppose synth objects`, `cooppose synth scenes` and `cooppose train coarse|refiner|selection "
-            f"--config configs/<kind>_{size}.json` (docs/usage.md, 'Training'), then run "
+            f"--config configs/<kind>_{size}.json` (docs/usage.md, section 'cooppose train'), then run "
             f"`cooppose demo --checkpoints <folder with the three .pt files>`."
         ) from err
 
