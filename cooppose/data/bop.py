@@ -706,7 +706,9 @@ class BopDataset:
 
     def read_rgb(self, scene_id: int, im_id: int) -> np.ndarray:
         """RGB uint8 (H, W, 3) of an image (from rgb/, else gray/ repeated)."""
-        p = self.image_path(scene_id, im_id, "rgb") or self._require(scene_id, im_id, "gray")
+        p = self.image_path(scene_id, im_id, "rgb") or self.image_path(scene_id, im_id, "gray")
+        if p is None:
+            raise DatasetError(f"no rgb (or gray) image {im_id:06d} in {self.scene_dir(scene_id)}/rgb (or gray).")
         return read_rgb(p)
 
     def has_depth(self, scene_id: int, im_id: int) -> bool:
