@@ -45,7 +45,10 @@ class ModelConfig:
     dpt_last_dim: int = 16  # channels of the last 3x3 conv
     dpt_head_stride: int = 2  # 1: last convs at full resolution (CroCo); 2: at half, then bilinear upsampling
     flow_radius: float = 2.0  # R (pixels) in flow_probability = 1 - exp(-R / b)
-    scale_min: float = 0.25  # bounds (pixels) of the Laplace scale b
+    # bounds (pixels) of the Laplace scale b. CroCo-Flow uses 0.25..4; refiner flows at the first
+    # iteration (15 deg init noise) are off by tens of pixels, and with b <= 4 the flow probability
+    # 1 - exp(-R/b) could not go below 0.39 (R = 2), so uncertain pixels would keep much PnP weight.
+    scale_min: float = 0.25
     scale_max: float = 16.0
 
     @property
