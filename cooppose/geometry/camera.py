@@ -49,7 +49,7 @@ def check_intrinsics(K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
             f"K does not fit the {W}x{H} image: principal point ({cx:.1f}, {cy:.1f}) lies outside it. "
             "Check that K belongs to this image (and was scaled if the image was resized)."
         )
-    if abs(cx - (W - 1) / 2) > W / 4 or abs(cy - (H - 1) / 2) > H / 4:  # e.g. K of the camera's full resolution
+    if abs(cx - (W - 1) / 2) > W / 5 or abs(cy - (H - 1) / 2) > H / 5:  # e.g. K of twice or half the resolution
         warnings.warn(
             f"K's principal point ({cx:.1f}, {cy:.1f}) is far from the centre of the {W}x{H} image; check that K "
             "belongs to this image (scale fx, fy, cx, cy with the image when it is resized).",
