@@ -221,9 +221,13 @@ def merge_shards(paths: Sequence[str | os.PathLike]) -> list[PoseEstimate]:
 def _write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temp file in the same folder + os.replace)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- estimation
