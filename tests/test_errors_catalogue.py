@@ -166,6 +166,14 @@ def test_results_csv_with_inconsistent_times_fails_the_score_command(dataset, tm
     assert code == 2 and "scene 1 image 0 has different times (0.5 s and 0.9 s)" in err
 
 
+def test_non_finite_estimates_are_not_written(tmp_path):
+    p = tmp_path / "coop_lmo-test.csv"
+    for R, t, score in [(np.eye(3), [0, np.nan, 500], 1.0), (np.full((3, 3), np.inf), [0, 0, 500], 1.0), (np.eye(3), [0, 0, 500], np.nan)]:
+        with pytest.raises(DatasetError, match="image 0 obj 2 has a non-finite or malformed R"):
+            bop.write_results(p, [bop.PoseEstimate(1, 0, 2, score, R, np.array(t, float), 0.1)])
+    assert not p.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_results_csv_that_is_not_text_is_refused(tmp_path):
     p = tmp_path / "coop_lmo-test.csv"
     p.write_bytes(b"\x80\x81 binary")
