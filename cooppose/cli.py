@@ -8,6 +8,30 @@ import sys
 from cooppose.errors import CoopposeError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    """argparse type: a torch device name (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine; use cpu")
+    return text
+
+
 def _add_onboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("onboard", help="render and cache the templates of a mesh")
     p.add_argument("mesh", help="mesh file (PLY/OBJ/GLB)")
@@ -165,8 +189,8 @@ def _add_estimate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", type=int, default=3, help="refinement iterations (default 3)")
     p.add_argument("--checkpoints", default=None, help="folder of {coarse,refiner,selection}_<size>.pt (default: shipped)")
     p.add_argument("--size", default="tiny", help="network size of the checkpoints (default tiny)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--device", type=torch_device, default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--cache-dir", default=None, help="template cache folder (default ~/.cache/cooppose)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--save-debug", action="store_true", help="also write the coarse and refinement pictures to OUT/debug/")
@@ -230,7 +254,7 @@ def _add_estimate(sub: argparse._SubParsersAction) -> None:
         from pathlib import Path
 
         from cooppose import viz
-        from cooppose.models.checkpoint import atomic_write_bytes
+        from cooppose.fileio import atomic_write_bytes
         from cooppose.objects import load_mesh
         from cooppose.pipeline import PoseEstimator
         from cooppose.pipeline.checks import check_image
@@ -302,8 +326,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="cooppose_demo", help="folder for the pictures (default ./cooppose_demo)")
     p.add_argument("--checkpoints", default=None, help="folder of {coarse,refiner,selection}_<size>.pt (default: shipped)")
     p.add_argument("--size", default="tiny", help="network size of the checkpoints (default tiny)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--device", type=torch_device, default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--cache-dir", default=None, help="template cache folder (default ~/.cache/cooppose)")
 
     def run(args: argparse.Namespace) -> int:
