@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import string
 from pathlib import Path
 
@@ -221,6 +222,9 @@ def argvs(draw) -> list[str]:
     for action in COMMANDS[command]:
         if "--pybullet" in action.option_strings:  # a valid request for ~1000 meshes: real work, not a bad input
             continue
+        if "--checkpoints" in action.option_strings:  # never the shipped networks: `demo` alone would run them
+            argv += ["--checkpoints", draw(st.sampled_from(PATHS))]
+            continue
         wanted = action.required or not action.option_strings
         if draw(st.integers(0, 9)) < (9 if wanted else 3):
             takes_value = action.nargs != 0
@@ -264,8 +268,9 @@ def _run_cli(argv: list[str], root: Path) -> tuple[int, str]:
 
 def _fuzz_cli(tmp_path: Path, argv: list[str]) -> None:
     import tempfile
+    from unittest import mock
 
-    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d, mock.patch.dict(os.environ, {"COOPPOSE_CACHE": d}):
         _workdir(Path(d))
         _run_cli(argv, Path(d))
 
