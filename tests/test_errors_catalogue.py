@@ -399,6 +399,18 @@ def test_cli_prints_errors_without_traceback_and_exits_2(tmp_path, capsys):
         assert len([line for line in err.splitlines() if "error:" in line]) == 1  # (progress bars aside)
 
 
+def test_cli_threads_and_device_are_checked_by_the_parser(capsys):
+    cases = [(["demo", "--threads", "-1"], "argument --threads: must be a positive integer, got '-1'"),
+             (["estimate", "--device", "gpu0", "--mesh", "m.ply", "--rgb", "x.png", "--K", "1,1,1,1", "--box", "1,2,3,4",
+               "--out", "o"], "argument --device: 'gpu0' is not a torch device")]
+    if not torch.cuda.is_available():
+        cases.append((["demo", "--device", "cuda"], "'cuda': CUDA is not available on this machine; use cpu"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_cli_subprocess_exit_code_and_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cooppose.cli", "onboard", str(tmp_path / "missing.ply")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
