@@ -145,7 +145,7 @@ def make_demo_scene(renderer=None) -> DemoScene:
 
 def write_demo_scene(scene: DemoScene, directory: str | Path = DEMO_DIR) -> list[Path]:
     """Write rgb.png, depth.png, mask.png and scene.json into `directory` (each atomically); returns the paths."""
-    from cooppose.models.checkpoint import atomic_write_bytes
+    from cooppose.fileio import atomic_write_bytes
 
     directory = Path(directory)
     images = {"rgb": cv2.cvtColor(scene.rgb, cv2.COLOR_RGB2BGR), "depth": scene.depth,

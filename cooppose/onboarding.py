@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cooppose.errors import InputError
+from cooppose.fileio import atomic_open
 from cooppose.geometry.camera import make_crop
 from cooppose.geometry.transforms import transform_points
 from cooppose.objects.mesh import ObjectModel
@@ -125,17 +125,8 @@ def _load(path: Path, key: str, n: int, size: int) -> dict:
 
 def _save(path: Path, data: dict, key: str) -> None:
     """Write the cache file atomically (temporary file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, key=np.array(key), **data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        np.savez_compressed(f, key=np.array(key), **data)
 
 
 def onboard(

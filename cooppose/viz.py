@@ -9,12 +9,12 @@ All functions return uint8 RGB images; `save_png` writes one atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from cooppose.fileio import atomic_write_bytes
 
 GREEN, RED, YELLOW = (60, 220, 60), (230, 50, 50), (250, 210, 40)
 CAPTION_PX = 18
@@ -27,14 +27,7 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.tobytes())
     return path
 
 

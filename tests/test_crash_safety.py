@@ -94,9 +94,9 @@ def _rgb(seed: int) -> np.ndarray:
 
 
 def _scores_md(path: Path, text: str) -> None:
-    from cooppose.eval.runner import _write_text
+    from cooppose.fileio import atomic_write_text
 
-    _write_text(path, text)
+    atomic_write_text(path, text)
 
 
 def _viz_png(path: Path, seed: int) -> None:
@@ -387,3 +387,30 @@ def test_killed_eval_resumes_to_the_same_results_at_random_times(bop_dataset, tm
     fractions = list(np.random.default_rng().uniform(0.0, 1.2, 5))
     killed = _eval_kill_and_resume(bop_dataset, tmp_path, fractions, monkeypatch)
     assert sum(killed) >= 2, (fractions, killed)
+
+
+def test_atomic_files_get_umask_permissions_not_mkstemp_0600(tmp_path):
+    """Files cooppose writes are readable by others as usual (0666 minus the umask), not 0600."""
+    from cooppose.fileio import atomic_write_bytes
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(mask)
+    import cooppose.fileio as fileio
+
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~fileio._UMASK
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
+    """A SIGKILL between mkstemp and os.replace leaves `.NAME.XXXX.tmp`; remove_stale_temps deletes exactly those."""
+    from cooppose.fileio import remove_stale_temps
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / ".000001.png.ab12cd.tmp").write_bytes(b"half")
+    (tmp_path / ".scene_gt.json.x.tmp").write_text("{")
+    keep = tmp_path / "a" / "000001.png"
+    keep.write_bytes(b"done")
+    assert remove_stale_temps(tmp_path) == 2
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["000001.png"]

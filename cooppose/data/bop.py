@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from cooppose.errors import DatasetError
+from cooppose.fileio import atomic_write_bytes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 RESULTS_HEADER = "scene_id,im_id,obj_id,score,R,t,time"
@@ -105,20 +105,6 @@ class ResultsName:
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
-def _write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_text(content: Any) -> str:
     """BOP style: one top-level entry per line, keys in numeric order when they are integers."""
 
@@ -142,7 +128,7 @@ def save_json(path: str | os.PathLike, content: Any) -> None:
         text = _json_text(content)
     except (TypeError, ValueError) as err:
         raise DatasetError(f"cannot write {path}: content is not JSON-serialisable ({err}); convert arrays to lists.") from err
-    _write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def load_json(path: str | os.PathLike) -> Any:
@@ -242,7 +228,7 @@ def save_camera(path: str | os.PathLike, camera: Camera) -> None:
     }
     if camera.depth_scale is not None:
         out["depth_scale"] = float(camera.depth_scale)
-    _write_bytes(path, (json.dumps(out, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json.dumps(out, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------- models_info.json
@@ -416,7 +402,7 @@ def _write_image(path: str | os.PathLike, img: np.ndarray, jpg_quality: int = 95
     ok, buf = cv2.imencode(ext, img, params)
     if not ok:
         raise DatasetError(f"cannot encode image {path} (dtype {img.dtype}, shape {img.shape}).")
-    _write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -572,7 +558,7 @@ def write_results(path: str | os.PathLike, rows: Iterable[PoseEstimate | Mapping
         R = " ".join(repr(float(v)) for v in np.asarray(e.R, dtype=np.float64).reshape(9))
         t = " ".join(repr(float(v)) for v in np.asarray(e.t, dtype=np.float64).reshape(3))
         lines.append(f"{e.scene_id},{e.im_id},{e.obj_id},{float(e.score)!r},{R},{t},{float(e.time)!r}")
-    _write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_results(path: str | os.PathLike) -> list[PoseEstimate]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -41,6 +40,7 @@ from cooppose.data.bop import (
     write_results,
 )
 from cooppose.errors import ConfigError, DatasetError, InputError
+from cooppose.fileio import atomic_write_text
 
 Box = tuple[float, float, float, float]
 ImageKey = tuple[int, int]  # (scene_id, im_id)
@@ -216,18 +216,6 @@ def merge_shards(paths: Sequence[str | os.PathLike]) -> list[PoseEstimate]:
             owner[key] = Path(p)
         rows.extend(part)
     return sorted(rows, key=lambda r: (r.scene_id, r.im_id))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- estimation
@@ -428,7 +416,7 @@ def finalize(ds: BopDataset, out_dir: Path, final_csv: Path, shard_files: Sequen
     info = {**info, "images": len(images)}
     save_json(out_dir / "scores.json", scores)
     save_json(out_dir / "info.json", info)
-    _write_text(out_dir / "scores.md", run_report(info, scores))
+    atomic_write_text(out_dir / "scores.md", run_report(info, scores))
     return scores
 
 

@@ -8,46 +8,18 @@ A shipped file is a torch-saved dict:
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 from cooppose.errors import CheckpointError, ConfigError
+from cooppose.fileio import atomic_open, atomic_write_bytes
 from cooppose.models.configs import config_from_dict
 from cooppose.models.croco import CroCoPair, build_from_config
 
 FORMAT = "cooppose-model"
 FORMAT_VERSION = 1
-
-
-@contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """Open a temp file next to `path` for binary writing; on success fsync it and os.replace it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically."""
-    with atomic_open(path) as f:
-        f.write(data)
-    return Path(path)
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> Path:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cooppose.errors import CheckpointError, ConfigError
+from cooppose.fileio import remove_stale_temps
 from cooppose.models import build_model, get_config, load_croco_weights
 from cooppose.models.checkpoint import atomic_torch_save, export_model, load_torch_file
 from cooppose.models.configs import KINDS, config_from_dict
@@ -294,7 +295,9 @@ def validate(model: nn.Module, kind: str, loader: DataLoader, n_batches: int, lo
 
 
 def _build_datasets(kind: str, cfg: dict) -> tuple[Dataset, Dataset | None]:
-    from cooppose.data.datasets import build_dataset  # the data stack (renderer, meshes) loads only for training
+    from cooppose.data.datasets import (
+        build_dataset,  # the data stack (renderer, meshes) loads only for training
+    )
 
     train_set = build_dataset(kind, cfg["data"], "train")
     val_set = build_dataset(kind, cfg["data"], "val")
@@ -327,6 +330,8 @@ def train(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if env.main:
+        remove_stale_temps(out_dir)  # a killed run's half-written checkpoint; only the main process writes here
     ckpt_path = out_dir / CHECKPOINT
 
     torch.manual_seed(cfg["seed"])

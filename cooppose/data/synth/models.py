@@ -8,7 +8,6 @@ obj_OBJID.png` header line, as BOP models are.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,21 +16,9 @@ import numpy as np
 from cooppose.data.bop import save_json, save_models_info, write_rgb
 from cooppose.data.synth.objects import SynthObject, diameter
 from cooppose.errors import DatasetError
+from cooppose.fileio import atomic_write_bytes
 
 SOURCES_FILE = "sources.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def ply_bytes(obj: SynthObject, texture_file: str | None = None) -> bytes:
@@ -87,7 +74,7 @@ def write_object(models_dir: str | os.PathLike, obj_id: int, obj: SynthObject) -
     if obj.texture is not None:
         texture_file = f"{stem}.png"
         write_rgb(models_dir / texture_file, np.ascontiguousarray(obj.texture))
-    _atomic_write(models_dir / f"{stem}.ply", ply_bytes(obj, texture_file))
+    atomic_write_bytes(models_dir / f"{stem}.ply", ply_bytes(obj, texture_file))
     return model_info(obj)
 
 

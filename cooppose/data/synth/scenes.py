@@ -27,6 +27,7 @@ from cooppose.data import bop
 from cooppose.data.bop import Camera, GtInfo, GtPose, SceneCamera, Target
 from cooppose.data.synth.textures import random_background
 from cooppose.errors import ConfigError, DatasetError
+from cooppose.fileio import remove_stale_temps
 from cooppose.geometry.transforms import make_pose, random_rotations
 from cooppose.objects.mesh import ObjectModel, load_mesh
 from cooppose.render import Light, Renderer
@@ -432,6 +433,7 @@ def generate_scenes(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}.")
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)  # left by a killed run: this process is the folder's only writer
     _prepare_root(root, split, models_dir, seed, cfg)
     writer = SceneWriter(root, split, cfg)
     start = writer.finished()
