@@ -164,11 +164,20 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", required=True, help="PNG file to write")
     v.add_argument("--n", type=int, default=12, help="number of images (default 12)")
     v.add_argument("--cols", type=int, default=4, help="images per row (default 4)")
+    v.add_argument("--labels", choices=["coarse", "refiner", "selection"], default=None,
+                   help="instead: the training targets of one sample of this network (patch matches, flow, label)")
+    v.add_argument("--index", type=int, default=0, help="with --labels: which sample (default 0)")
 
     def run_show(args: argparse.Namespace) -> int:
         from cooppose.data.synth import contact_sheet
 
-        print(contact_sheet(args.scenes, args.out, n=args.n, cols=args.cols))
+        if args.labels is None:
+            print(contact_sheet(args.scenes, args.out, n=args.n, cols=args.cols))
+            return 0
+        from cooppose.data.datasets import build_dataset, save_label_picture
+
+        dataset = build_dataset(args.labels, {"scenes": args.scenes, "augment": False, "val_fraction": 0.0}, "train")
+        print(save_label_picture(dataset[args.index % len(dataset)], args.out))
         return 0
 
     v.set_defaults(func=run_show)

@@ -249,3 +249,16 @@ def test_label_pictures(synth_root, tmp_path):
         assert path.is_file() and path.stat().st_size > 1000
     with pytest.raises(DatasetError):
         label_picture({"image": torch.zeros(3)})
+
+
+def test_synth_show_labels_writes_the_target_picture_of_one_sample(synth_root, tmp_path):
+    """`cooppose synth show --labels refiner` writes that sample's label picture (query | render | flow | ...)."""
+    from PIL import Image
+
+    from cooppose.cli import main
+    from cooppose.data.datasets import build_dataset, label_picture
+
+    out = tmp_path / "labels.png"
+    assert main(["synth", "show", "--scenes", str(synth_root), "--labels", "refiner", "--index", "2", "--out", str(out)]) == 0
+    expected = label_picture(build_dataset("refiner", {"scenes": str(synth_root), "augment": False, "val_fraction": 0.0}, "train")[2])
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), expected)
