@@ -228,12 +228,8 @@ class _ManyMixin:
         """`estimate` for each detection (obj, box (x0, y0, x1, y1) or mask (H, W)) of one image."""
         out = []
         for i, det in enumerate(detections):
-            if not isinstance(det, (tuple, list)) or len(det) != 2:
-                raise InputError(f"detection {i} must be a pair (obj, box or mask), got {type(det).__name__}.")
-            obj, region = det
-            is_mask = region is not None and np.ndim(region) == 2
-            out.append(self.estimate(rgb, K, obj, box=None if is_mask else region, depth=depth,
-                                     n_hypotheses=n_hypotheses, mask=region if is_mask else None))
+            obj, box, mask = checks.split_detection(i, det)
+            out.append(self.estimate(rgb, K, obj, box=box, depth=depth, n_hypotheses=n_hypotheses, mask=mask))
         return out
 
 

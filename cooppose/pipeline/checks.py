@@ -143,3 +143,12 @@ def check_detection(diameter_mm: float, box, mask, image_size: tuple[int, int], 
     if depth_mm is not None:
         check_depth_units(depth_mm, b, K, diameter_mm, m)
     return b, m
+
+
+def split_detection(i: int, det) -> tuple:
+    """(obj, box, mask) of detection i given as a pair (obj, box (x0, y0, x1, y1) or mask (H, W)); InputError otherwise."""
+    if not isinstance(det, (tuple, list)) or len(det) != 2:
+        raise InputError(f"detection {i} must be a pair (obj, box or mask), got {type(det).__name__}.")
+    obj, region = det
+    is_mask = region is not None and np.ndim(region) == 2
+    return obj, None if is_mask else region, region if is_mask else None

@@ -112,13 +112,7 @@ class PoseEstimator:
     def estimate_many(self, rgb: np.ndarray, K: np.ndarray, detections: list, depth: np.ndarray | None = None,
                       depth_scale: float = 1.0, n_hypotheses: int = 1, n_refine: int = 3, debug: bool = False) -> list[list[PoseHypothesis]]:
         """`estimate` for several detections (obj, box or mask) of one image, network calls batched across them."""
-        dets = []
-        for i, det in enumerate(detections):
-            if not isinstance(det, (tuple, list)) or len(det) != 2:
-                raise InputError(f"detection {i} must be a pair (obj, box or mask), got {type(det).__name__}.")
-            obj, region = det
-            is_mask = region is not None and np.ndim(region) == 2
-            dets.append((obj, None if is_mask else region, region if is_mask else None))
+        dets = [checks.split_detection(i, det) for i, det in enumerate(detections)]
         return self._run(rgb, K, dets, depth, depth_scale, n_hypotheses, n_refine, debug)
 
     def _run(self, rgb, K, dets, depth, depth_scale, n_hypotheses, n_refine, debug) -> list[list[PoseHypothesis]]:
