@@ -313,23 +313,28 @@ def save_scene_camera(path: str | os.PathLike, scene_camera: Mapping[int, SceneC
     save_json(path, out)
 
 
-def load_scene_gt(path: str | os.PathLike) -> dict[int, list[GtPose]]:
-    """Read scene_gt.json as {im_id: [GtPose, ...]} (list order = GT instance id)."""
+def _per_image(path: Any, parse: Any) -> dict[int, list]:
+    """{im_id: [parse(where, entry), ...]} of a per-image instance file (scene_gt, scene_gt_info)."""
     content = _mapping(path, load_json(path))
     out = {}
-    for k, gts in content.items():
+    for k, entries in content.items():
         im = _int_key(path, k)
-        if not isinstance(gts, list):
-            raise _bad(path, f"image {k} must hold a list of instances, got {type(gts).__name__}.")
-        poses = []
-        for j, g in enumerate(gts):
-            where = f"image {k} instance {j}"
-            obj = _number(path, f"{where} obj_id", _field(path, where, g, "obj_id"), integer=True)
-            R = _matrix(path, f"{where} cam_R_m2c", _field(path, where, g, "cam_R_m2c"), 3)
-            t = _matrix(path, f"{where} cam_t_m2c", _field(path, where, g, "cam_t_m2c"), 1)
-            poses.append(GtPose(obj_id=obj, R=R, t=t))
-        out[im] = poses
+        if not isinstance(entries, list):
+            raise _bad(path, f"image {k} must hold a list of instances, got {type(entries).__name__}.")
+        out[im] = [parse(f"image {k} instance {j}", e) for j, e in enumerate(entries)]
     return out
+
+
+def load_scene_gt(path: str | os.PathLike) -> dict[int, list[GtPose]]:
+    """Read scene_gt.json as {im_id: [GtPose, ...]} (list order = GT instance id)."""
+
+    def parse(where: str, g: Any) -> GtPose:
+        obj = _number(path, f"{where} obj_id", _field(path, where, g, "obj_id"), integer=True)
+        R = _matrix(path, f"{where} cam_R_m2c", _field(path, where, g, "cam_R_m2c"), 3)
+        t = _matrix(path, f"{where} cam_t_m2c", _field(path, where, g, "cam_t_m2c"), 1)
+        return GtPose(obj_id=obj, R=R, t=t)
+
+    return _per_image(path, parse)
 
 
 def save_scene_gt(path: str | os.PathLike, scene_gt: Mapping[int, list[GtPose]]) -> None:
@@ -351,25 +356,21 @@ def _box(path: Any, where: str, value: Any) -> tuple[int, int, int, int]:
 
 def load_scene_gt_info(path: str | os.PathLike) -> dict[int, list[GtInfo]]:
     """Read scene_gt_info.json as {im_id: [GtInfo, ...]} (same order as scene_gt)."""
-    content = _mapping(path, load_json(path))
-    out = {}
-    for k, infos in content.items():
-        im = _int_key(path, k)
-        if not isinstance(infos, list):
-            raise _bad(path, f"image {k} must hold a list of instances, got {type(infos).__name__}.")
-        rows = []
-        for j, e in enumerate(infos):
-            where = f"image {k} instance {j}"
-            rows.append(GtInfo(
-                bbox_obj=_box(path, f"{where} bbox_obj", _field(path, where, e, "bbox_obj")),
-                bbox_visib=_box(path, f"{where} bbox_visib", _field(path, where, e, "bbox_visib")),
-                px_count_all=_number(path, f"{where} px_count_all", _field(path, where, e, "px_count_all"), integer=True),
-                px_count_valid=_number(path, f"{where} px_count_valid", _field(path, where, e, "px_count_valid"), integer=True),
-                px_count_visib=_number(path, f"{where} px_count_visib", _field(path, where, e, "px_count_visib"), integer=True),
-                visib_fract=_number(path, f"{where} visib_fract", _field(path, where, e, "visib_fract")),
-            ))
-        out[im] = rows
-    return out
+
+    def parse(where: str, e: Any) -> GtInfo:
+        def count(name: str) -> int:
+            return _number(path, f"{where} {name}", _field(path, where, e, name), integer=True)
+
+        return GtInfo(
+            bbox_obj=_box(path, f"{where} bbox_obj", _field(path, where, e, "bbox_obj")),
+            bbox_visib=_box(path, f"{where} bbox_visib", _field(path, where, e, "bbox_visib")),
+            px_count_all=count("px_count_all"),
+            px_count_valid=count("px_count_valid"),
+            px_count_visib=count("px_count_visib"),
+            visib_fract=_number(path, f"{where} visib_fract", _field(path, where, e, "visib_fract")),
+        )
+
+    return _per_image(path, parse)
 
 
 def save_scene_gt_info(path: str | os.PathLike, scene_gt_info: Mapping[int, list[GtInfo]]) -> None:
