@@ -14,3 +14,17 @@ def shared_data() -> Path:
     if not real.is_dir():
         pytest.skip(f"shared data not found at {real} (tests that need real data skip)")
     return real
+
+
+def _single_torch_thread():
+    """Run torch on one intra-op thread, then restore: tiny networks run much faster so on a shared CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+one_thread = pytest.fixture(_single_torch_thread)
+one_thread_module = pytest.fixture(scope="module")(_single_torch_thread)

@@ -161,13 +161,6 @@ def test_model_file_and_sidecar_survive_a_failed_save(tmp_path, disk_full):
         load_model(path)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]

@@ -29,13 +29,6 @@ def bundled():
     return demo.load_demo_scene()
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_script_regenerates_the_bundled_scene(bundled, tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from test_pipeline_oracles import OracleCoarse, OracleRefine, OracleSelect, make_scene, perturb, pose_errors
-from test_pipeline_oracles import one_thread  # noqa: F401 (autouse fixture)
 
 from cooppose.errors import CameraError, InputError, MeshError
 from cooppose.geometry.transforms import make_pose, so3_exp
@@ -12,6 +11,8 @@ from cooppose.pipeline import PoseEstimator
 from cooppose.pipeline.coarse import CoarseQuery, coarse_hypotheses, query_crop
 from cooppose.pipeline.refine import make_view, refine_step
 from cooppose.render import Renderer
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 T_A = make_pose(so3_exp(np.array([0.4, -1.2, 2.0])), np.array([30.0, -20.0, 600.0]))
 T_B = make_pose(so3_exp(np.array([-1.9, 0.3, 0.5])), np.array([-120.0, 60.0, 700.0]))

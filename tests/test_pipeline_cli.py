@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from test_pipeline_network import MICRO, MICRO_KIND
-from test_pipeline_oracles import make_scene, one_thread  # noqa: F401 (autouse fixture)
+from test_pipeline_oracles import make_scene
 
 from cooppose.cli import main
 from cooppose.geometry.transforms import make_pose, so3_exp
@@ -15,6 +15,8 @@ from cooppose.models import build_model
 from cooppose.models.checkpoint import save_model
 from cooppose.objects import bundled_mesh_path, load_mesh
 from cooppose.render import Renderer
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 T_A = make_pose(so3_exp(np.array([0.4, -1.2, 2.0])), np.array([30.0, -20.0, 600.0]))
 

@@ -4,7 +4,7 @@ checkpoints load from files or memory, and template tokens are cached next to th
 import numpy as np
 import pytest
 import torch
-from test_pipeline_oracles import make_scene, one_thread  # noqa: F401 (autouse fixture)
+from test_pipeline_oracles import make_scene
 
 from cooppose.errors import CheckpointError
 from cooppose.geometry.transforms import make_pose, so3_exp
@@ -15,6 +15,8 @@ from cooppose.pipeline import CoarseQuery, PoseEstimator
 from cooppose.pipeline.coarse import query_crop
 from cooppose.pipeline.refine import make_view
 from cooppose.render import Renderer
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 T_A = make_pose(so3_exp(np.array([0.4, -1.2, 2.0])), np.array([30.0, -20.0, 600.0]))
 T_B = make_pose(so3_exp(np.array([-1.9, 0.3, 0.5])), np.array([-120.0, 60.0, 700.0]))

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
-import torch
 
 from cooppose.data.targets import certainty_targets, coarse_labels, flow_targets
 from cooppose.geometry.camera import warp
@@ -24,14 +22,6 @@ from cooppose.pipeline import (CoarseMatches, CoarsePredictor, CoarseQuery, Refi
 K_SCENE = np.array([[600.0, 0.0, 331.0], [0.0, 605.0, 236.0], [0.0, 0.0, 1.0]])
 SIZE = (480, 640)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run a test module's networks on one torch thread (much faster on a shared, busy CPU), then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @dataclass

@@ -21,19 +21,13 @@ from cooppose.train import resolve_train_config, train
 from cooppose.train.loop import LrSchedule, StepSampler
 from cooppose.train.steps import STEPS, pnp_inputs, resolve_loss_config
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 S = 32
 MICRO = dict(size="tiny", img_size=S, enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=32, dec_depth=1,
              dec_num_heads=2, match_dim=16, dpt_hooks=[0, 1, 1, 1], dpt_layer_dims=[8, 8, 8, 8], dpt_feature_dim=8,
              dpt_last_dim=8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def refiner_sample(i: int, size: int = S) -> dict[str, torch.Tensor]:

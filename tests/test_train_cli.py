@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import cooppose.train.loop as loop
 from cooppose.cli import main
 from cooppose.models.checkpoint import load_model
 from test_train import RandomSet, micro_cfg
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_cli_trains_resumes_and_exports(tmp_path, monkeypatch, capsys):

@@ -4,13 +4,14 @@ import cv2
 import numpy as np
 import pytest
 from test_pipeline_oracles import OracleCoarse, OracleRefine, OracleSelect, make_scene
-from test_pipeline_oracles import one_thread  # noqa: F401 (autouse fixture)
 
 from cooppose import viz
 from cooppose.geometry.transforms import make_pose, so3_exp
 from cooppose.objects import bundled_mesh_path, load_mesh
 from cooppose.pipeline import PoseEstimator
 from cooppose.render import Renderer
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 T_A = make_pose(so3_exp(np.array([0.4, -1.2, 2.0])), np.array([30.0, -20.0, 600.0]))
 
