@@ -220,6 +220,14 @@ def _needed_iterations(inlier_ratio: float, confidence: float = 0.999) -> float:
     return math.log(1 - confidence) / math.log(1 - p)
 
 
+def _rigid_inputs(X_obj, X_cam, threshold_name: str, threshold: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (N,3) point pairs of a robust 3D-3D fit; InputError on a bad threshold or iteration count."""
+    A, B = _pair(X_obj, X_cam, "X_obj", "X_cam", 3)
+    if not threshold > 0 or iterations < 1:
+        raise InputError(f"{threshold_name} ({threshold}) must be > 0 and iterations ({iterations}) >= 1.")
+    return A, B
+
+
 def kabsch_ransac(X_obj, X_cam, threshold_mm: float, iterations: int = 500, seed: int = 0, min_inliers: int = 3) -> RigidResult:
     """Rigid T (X_cam ~ R X_obj + t) robust to outliers: 3-point RANSAC, inliers within threshold_mm, Kabsch refit.
 
@@ -227,9 +235,7 @@ def kabsch_ransac(X_obj, X_cam, threshold_mm: float, iterations: int = 500, seed
     refit on its inliers until the inlier set stops changing. Fails softly (success False) on too few
     points or inliers, or (nearly) collinear inliers.
     """
-    A, B = _pair(X_obj, X_cam, "X_obj", "X_cam", 3)
-    if not threshold_mm > 0 or iterations < 1:
-        raise InputError(f"threshold_mm ({threshold_mm}) must be > 0 and iterations ({iterations}) >= 1.")
+    A, B = _rigid_inputs(X_obj, X_cam, "threshold_mm", threshold_mm, iterations)
     n = len(A)
     if n < max(3, min_inliers) or not _spread(A):
         return _failed_rigid(n)
@@ -330,9 +336,7 @@ def magsac_rigid(X_obj, X_cam, max_threshold_mm: float, iterations: int = 500, s
     - Stops early once 99.9 % confidence is reached for the fraction of matches within max_threshold_mm.
     Inliers reported are the matches with residual < max_threshold_mm under the final pose.
     """
-    A, B = _pair(X_obj, X_cam, "X_obj", "X_cam", 3)
-    if not max_threshold_mm > 0 or iterations < 1:
-        raise InputError(f"max_threshold_mm ({max_threshold_mm}) must be > 0 and iterations ({iterations}) >= 1.")
+    A, B = _rigid_inputs(X_obj, X_cam, "max_threshold_mm", max_threshold_mm, iterations)
     n = len(A)
     if n < max(3, min_inliers) or not _spread(A):
         return _failed_rigid(n)
