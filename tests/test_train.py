@@ -193,6 +193,23 @@ def test_corrupt_training_checkpoint_is_refused(tmp_path):
         load_model(tmp_path / "selection_tiny.pt", kind="coarse")
 
 
+def test_init_weights_fine_tunes_from_a_model_file_of_the_same_configuration(tmp_path):
+    data = (RandomSet("selection"), None)
+    first = train(micro_cfg("selection", steps=2), tmp_path / "first", datasets=data, progress=False)
+    source = load_model(first.model_path, kind="selection").state_dict()
+    tuned = train(micro_cfg("selection", steps=1, lr=1e-12, weight_decay=0.0, init_weights=str(first.model_path)),
+                  tmp_path / "tuned", datasets=data, progress=False)
+    start = _params(tuned.checkpoint)
+    assert all(torch.allclose(start[k].float(), source[k], atol=1e-6) for k in source)
+    wider = micro_cfg("selection", steps=1, init_weights=str(first.model_path))
+    wider["model"] = {**wider["model"], "enc_embed_dim": 48}
+    with pytest.raises(CheckpointError, match="configuration differs"):
+        train(wider, tmp_path / "wider", datasets=data, progress=False)
+    with pytest.raises(CheckpointError, match="holds a 'selection' model"):
+        train(micro_cfg("coarse", steps=1, init_weights=str(first.model_path)), tmp_path / "kind",
+              datasets=(RandomSet("coarse"), None), progress=False)
+
+
 def test_train_config_validation():
     with pytest.raises(ConfigError, match="unknown training config keys"):
         resolve_train_config({"kind": "coarse", "learning_rate": 1})

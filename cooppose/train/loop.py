@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from cooppose.errors import CheckpointError, ConfigError
 from cooppose.fileio import remove_stale_temps
 from cooppose.models import build_model, get_config, load_croco_weights
-from cooppose.models.checkpoint import atomic_torch_save, export_model, load_torch_file
+from cooppose.models.checkpoint import atomic_torch_save, export_model, load_model, load_torch_file
 from cooppose.models.configs import KINDS, config_from_dict
 from cooppose.train.steps import STEPS, resolve_loss_config
 
@@ -56,6 +56,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_batches": 10,
     "ckpt_every": 200,
     "croco_weights": None,  # optional CroCo v2 checkpoint to initialise the backbone
+    "init_weights": None,  # optional cooppose model file of the same kind and size to fine-tune from
 }
 CHECKPOINT = "checkpoint.pt"
 TRAIN_FORMAT = "cooppose-train"
@@ -94,7 +95,7 @@ def _check_types(cfg: dict) -> None:
     bad += [] if isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas) else ["betas"]
     bad += [] if isinstance(cfg["decay_steps"], list) and all(_is_int(m, 0) for m in cfg["decay_steps"]) else ["decay_steps"]
     bad += [] if isinstance(cfg["amp"], bool) else ["amp"]
-    bad += [] if cfg["croco_weights"] is None or isinstance(cfg["croco_weights"], str) else ["croco_weights"]
+    bad += [k for k in ("croco_weights", "init_weights") if not (cfg[k] is None or isinstance(cfg[k], str))]
     bad += [f"loss.{k}" for k, v in cfg["loss"].items() if not _is_number(v)]
     if bad:
         details = ", ".join(f"{k}={cfg['loss'][k[5:]] if k.startswith('loss.') else cfg[k]!r}" for k in bad)
@@ -344,6 +345,8 @@ def train(
     step = 0
     if resume and ckpt_path.exists():
         step = _restore(ckpt_path, model, optimizer, scheduler, scaler, kind)
+    elif cfg["init_weights"]:
+        _init_from_model_file(model, cfg["init_weights"], kind)
     elif cfg["croco_weights"]:
         report = load_croco_weights(model, cfg["croco_weights"])
         if env.main:
@@ -415,6 +418,14 @@ def train(
     if step >= cfg["steps"] and env.main:
         model_path = export_model(ckpt_path, out_dir / f"{kind}_{model.cfg.size}.pt")
     return TrainResult(step=step, checkpoint=ckpt_path, model_path=model_path, metrics=metrics, val_metrics=val_metrics)
+
+
+def _init_from_model_file(model: nn.Module, path: str, kind: str) -> None:
+    """Copy the weights of a cooppose model file into `model` (fine-tuning); CheckpointError when kind or size differ."""
+    source = load_model(path, kind)
+    if source.cfg != model.cfg:
+        raise CheckpointError(f"{path}: holds a {source.cfg.size!r} {kind} model whose configuration differs from the one trained here.")
+    model.load_state_dict(source.state_dict())
 
 
 def _save(path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int, cfg: dict) -> None:
