@@ -13,6 +13,7 @@ from cooppose.train.losses import (
     coarse_classification_loss,
     coarse_offset_loss,
     disentangled_pose_loss,
+    flow_l1_loss,
     flow_nll_loss,
     point_distance,
     selection_loss,
@@ -44,6 +45,16 @@ def test_flow_laplace_nll_by_hand():
     valid_all = torch.ones(1, 1, 2, dtype=torch.bool)
     both = ((3 / 2 + math.log(2)) + (5 / 1 + 0.0)) / 2
     assert flow_nll_loss(flow, scale, flow_gt, valid_all).item() == pytest.approx(both, abs=1e-6)
+
+
+def test_flow_l1_by_hand_and_independent_of_the_scale():
+    flow = torch.zeros(1, 2, 1, 2)
+    flow_gt = torch.tensor([[[[1.0, 5.0]], [[-2.0, 0.0]]]])  # errors 3 and 5 px
+    assert flow_l1_loss(flow, flow_gt, torch.tensor([[[True, False]]])).item() == pytest.approx(3.0)
+    assert flow_l1_loss(flow, flow_gt, torch.ones(1, 1, 2, dtype=torch.bool)).item() == pytest.approx(4.0)
+    flow.requires_grad_(True)
+    flow_l1_loss(flow, flow_gt, torch.ones(1, 1, 2, dtype=torch.bool)).backward()
+    assert torch.equal(flow.grad, torch.tensor([[[[-0.5, -0.5]], [[0.5, 0.0]]]]))  # sign / n pixels, b plays no part
 
 
 def test_certainty_bce_by_hand():

@@ -139,6 +139,19 @@ def test_step_losses_and_metrics(kind):
         assert 0 <= metrics["accuracy"] <= 1
 
 
+def test_refiner_flow_l1_weight_adds_the_plain_flow_error():
+    from cooppose.train.losses import flow_l1_loss
+
+    torch.manual_seed(0)
+    model = build_model("refiner", **MICRO).eval()
+    batch = torch.utils.data.default_collate([refiner_sample(i) for i in range(2)])
+    base, _ = STEPS["refiner"](model, batch, resolve_loss_config("refiner", None))
+    extra, _ = STEPS["refiner"](model, batch, resolve_loss_config("refiner", {"flow_l1_weight": 0.5}))
+    with torch.no_grad():
+        l1 = flow_l1_loss(model(batch["query"], batch["render"])["flow"], batch["flow"], batch["flow_valid"])
+    assert l1 > 1.0 and (extra - base).item() == pytest.approx(0.5 * l1.item(), rel=1e-4)
+
+
 def test_refiner_sensitivity_learns_only_from_the_pose_loss():
     torch.manual_seed(0)
     model = build_model("refiner", **MICRO)

@@ -50,6 +50,10 @@ class ModelConfig:
     # 1 - exp(-R/b) could not go below 0.39 (R = 2), so uncertain pixels would keep much PnP weight.
     scale_min: float = 0.25
     scale_max: float = 16.0
+    # pixels per unit of the raw flow output. 1 (pixels, as CroCo-Flow) suits pretrained weights; trained
+    # from scratch, a head whose outputs start near 0 +- 0.5 needs thousands of steps to reach flows of tens
+    # of pixels, so the tiny refiner predicts flow in patch units (16 px) instead.
+    flow_unit: float = 1.0
 
     @property
     def grid(self) -> int:
@@ -72,7 +76,7 @@ _BASE = {
     ("refiner", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=6, enc_num_heads=4,
                               dec_embed_dim=160, dec_depth=4, dec_num_heads=4,
                               dpt_hooks=(5, 7, 8, 9), dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=32,
-                              dpt_last_dim=16),
+                              dpt_last_dim=16, flow_unit=16.0),
     ("selection", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=4, enc_num_heads=4,
                                 dec_embed_dim=160, dec_depth=2, dec_num_heads=4),
     ("coarse", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
@@ -128,5 +132,7 @@ def _validate(cfg: ModelConfig) -> None:
             )
         if cfg.dpt_head_stride not in (1, 2):
             raise ConfigError(f"dpt_head_stride must be 1 or 2, got {cfg.dpt_head_stride}.")
+        if not cfg.flow_unit > 0:
+            raise ConfigError(f"flow_unit must be > 0 pixels, got {cfg.flow_unit}.")
         if not 0 < cfg.scale_min < cfg.scale_max:
             raise ConfigError(f"need 0 < scale_min < scale_max, got {cfg.scale_min}, {cfg.scale_max}.")

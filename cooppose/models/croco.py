@@ -128,7 +128,8 @@ class RefinerNet(CroCoPair):
         super().__init__(cfg)
         token_dims = tuple(cfg.enc_embed_dim if h < cfg.enc_depth else cfg.dec_embed_dim for h in cfg.dpt_hooks)
         self.head = RefinerHead(token_dims, cfg.dpt_layer_dims, cfg.dpt_feature_dim, cfg.grid, cfg.img_size,
-                                cfg.dpt_last_dim, cfg.dpt_head_stride, cfg.flow_radius, cfg.scale_min, cfg.scale_max)
+                                cfg.dpt_last_dim, cfg.dpt_head_stride, cfg.flow_radius, cfg.scale_min, cfg.scale_max,
+                                cfg.flow_unit)
         self.init_weights()
 
     def forward(self, query: torch.Tensor, render: torch.Tensor, flow_radius: float | None = None) -> dict[str, torch.Tensor]:

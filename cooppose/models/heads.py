@@ -138,7 +138,7 @@ class DPTHead(nn.Module):
 class RefinerHead(nn.Module):
     """DPT trunk with 5 channels -> flow (2), Laplace scale b, certainty, sensitivity, and their products.
 
-    - flow (B, 2, S, S): displacement in pixels from each rendered pixel into the query crop
+    - flow (B, 2, S, S): displacement in pixels from each rendered pixel into the query crop (raw output x flow_unit)
     - scale b (B, 1, S, S) in [scale_min, scale_max] pixels (bounded sigmoid, as CroCo-Flow)
     - certainty (B, 1, S, S) in (0, 1): the rendered pixel is visible in the query
     - sensitivity (B, 1, S, S) >= 0 (softplus): pose-informativeness, trained through the pose loss only
@@ -147,13 +147,15 @@ class RefinerHead(nn.Module):
     """
 
     def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
-                 img_size: int, last_dim: int, head_stride: int, flow_radius: float, scale_min: float, scale_max: float):
+                 img_size: int, last_dim: int, head_stride: int, flow_radius: float, scale_min: float, scale_max: float,
+                 flow_unit: float = 1.0):
         super().__init__()
         self.dpt = DPTHead(token_dims, layer_dims, feature_dim, grid, img_size, out_channels=5, last_dim=last_dim,
                            head_stride=head_stride)
         self.flow_radius = flow_radius
         self.scale_min = scale_min
         self.scale_max = scale_max
+        self.flow_unit = flow_unit
 
     def forward(self, tokens: list[torch.Tensor], flow_radius: float | None = None) -> dict[str, torch.Tensor]:
         """4 token sets (B, N, C_i) -> dict of (B, C, S, S) maps (see the class docstring)."""
@@ -164,7 +166,7 @@ class RefinerHead(nn.Module):
         sensitivity = F.softplus(raw[:, 4:5])
         prob = flow_probability(scale, self.flow_radius if flow_radius is None else flow_radius)
         return {
-            "flow": raw[:, 0:2],
+            "flow": raw[:, 0:2] * self.flow_unit,
             "scale": scale,
             "certainty": certainty,
             "certainty_logit": certainty_logit,

@@ -39,6 +39,16 @@ def flow_nll_loss(flow: torch.Tensor, scale: torch.Tensor, flow_gt: torch.Tensor
     return _masked_mean(err / b + torch.log(b), valid).mean()
 
 
+def flow_l1_loss(flow: torch.Tensor, flow_gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Plain |F - F_gt|_1 (pixels) on valid rendered pixels; flow, flow_gt (B, 2, H, W), valid (B, H, W) -> ().
+
+    Not in Co-op: an optional aid for training from scratch. Under the Laplace NLL alone the network first
+    raises the scale b to its bound, which divides the flow gradient by b (up to 16) while the certainty
+    loss keeps its full weight, so the shared trunk learns certainty and the flow stays a constant.
+    """
+    return _masked_mean((flow.float() - flow_gt).abs().sum(1), valid).mean()
+
+
 def certainty_loss(certainty_logit: torch.Tensor, certainty_gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the certainty (logit (B, 1, H, W)) against visibility (B, H, W) {0, 1} on valid pixels -> ()."""
     bce = F.binary_cross_entropy_with_logits(certainty_logit.float()[:, 0], certainty_gt.float(), reduction="none")

@@ -20,6 +20,7 @@ from cooppose.train.losses import (
     coarse_classification_loss,
     coarse_offset_loss,
     disentangled_pose_loss,
+    flow_l1_loss,
     flow_nll_loss,
     selection_loss,
 )
@@ -28,7 +29,8 @@ LOSS_DEFAULTS: dict[str, dict[str, float]] = {
     "coarse": {"offset_weight": 1.0},
     # pose_weight multiplies a loss in mm: 0.01 makes a 10 mm mean point error cost 0.1 per term,
     # the order of the flow NLL once it has converged. pnp_stride: PnP uses every k-th pixel per axis.
-    "refiner": {"cert_weight": 1.0, "pose_weight": 0.01, "pnp_iters": 3, "pnp_stride": 2},
+    # flow_l1_weight: an extra plain L1 flow term (not in Co-op; 0 = the paper's losses), see flow_l1_loss.
+    "refiner": {"cert_weight": 1.0, "pose_weight": 0.01, "pnp_iters": 3, "pnp_stride": 2, "flow_l1_weight": 0.0},
     "selection": {},
 }
 
@@ -92,7 +94,7 @@ def pose_errors(T: torch.Tensor, T_gt: torch.Tensor) -> tuple[float, float]:
 
 
 def refiner_step(model: nn.Module, batch: dict[str, torch.Tensor], cfg: dict) -> StepOutput:
-    """Refiner: flow Laplace NLL + cert_weight * certainty BCE + pose_weight * disentangled pose loss after LM PnP."""
+    """Refiner: flow Laplace NLL [+ flow_l1_weight * L1 flow] + cert_weight * certainty BCE + pose_weight * pose loss after LM PnP."""
     out = model(batch["query"], batch["render"])
     valid = batch["flow_valid"]
     nll = flow_nll_loss(out["flow"], out["scale"], batch["flow"], valid)
@@ -102,6 +104,8 @@ def refiner_step(model: nn.Module, batch: dict[str, torch.Tensor], cfg: dict) ->
         T = lm_pnp(X, uv, weights, batch["K"].float(), batch["T_init"].float(), n_iters=int(cfg["pnp_iters"]))
         pose = disentangled_pose_loss(T, batch["T_gt"], batch["points"])
     loss = nll + cfg["cert_weight"] * cert + cfg["pose_weight"] * pose
+    if cfg["flow_l1_weight"]:
+        loss = loss + cfg["flow_l1_weight"] * flow_l1_loss(out["flow"], batch["flow"], valid)
     with torch.no_grad():
         rot0, trans0 = pose_errors(batch["T_init"], batch["T_gt"])
         rot1, trans1 = pose_errors(T.detach(), batch["T_gt"])
