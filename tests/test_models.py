@@ -167,6 +167,45 @@ def test_config_validation():
         get_config("refiner", "tiny", dpt_hooks=(5, 6, 7, 8))  # the last decoder block would be unused
     with pytest.raises(ConfigError, match="dpt_head_stride"):
         get_config("refiner", "tiny", dpt_head_stride=4)
+    with pytest.raises(ConfigError, match="flow_unit"):
+        get_config("refiner", "tiny", flow_unit=0.0)
+    with pytest.raises(ConfigError, match="flow_match_dim"):
+        get_config("refiner", "tiny", flow_match_dim=-1)
+
+
+def test_patch_correlation_flow_points_to_the_matching_query_patch():
+    from cooppose.models.heads import PatchCorrelationFlow
+
+    g, patch, n = 4, 16, 16
+    corr = PatchCorrelationFlow(n, n, n, g, patch, g * patch)
+    with torch.no_grad():
+        for lin in (corr.render_proj, corr.query_proj):
+            lin.weight.copy_(torch.eye(n))
+            lin.bias.zero_()
+        corr.log_temperature.fill_(6.0)
+    codes = torch.eye(n)
+    query = torch.zeros(1, n, n)
+    for j in range(n):
+        if j % g:  # query patch j shows what rendered patch j - 1 shows: one patch to the right
+            query[0, j] = codes[j - 1]
+    flow = corr(codes[None], query)  # (1, 2, 64, 64)
+    inner = flow[0, :, :, : (g - 2) * patch]  # columns whose patch and right neighbour both move by +1 patch
+    assert torch.allclose(inner[0], torch.full_like(inner[0], 16.0), atol=0.05)
+    assert torch.allclose(inner[1], torch.zeros_like(inner[1]), atol=0.05)
+
+
+def test_refiner_flow_adds_the_correlation_prior_only_when_configured():
+    torch.manual_seed(0)
+    plain = build_model("refiner", "tiny", flow_match_dim=0, enc_depth=1, dec_depth=3, dpt_hooks=(0, 1, 2, 3))
+    assert plain.head.correlation is None and get_config("refiner", "paper").flow_match_dim == 0
+    model = build_model("refiner", "tiny", enc_depth=1, dec_depth=3, dpt_hooks=(0, 1, 2, 3))
+    q, r = torch.randn(1, 3, 160, 160), torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        out = model(q, r)
+        raw = model.head.dpt([model.encode_blocks(torch.cat([r, q]))[0][:1]] + model.decode_blocks(
+            model.encode_image(r), model.encode_image(q)))[:, 0:2] * model.cfg.flow_unit
+        prior = model.head.correlation(model.decode(model.encode_image(r), model.encode_image(q)), model.encode_image(q))
+    assert torch.allclose(out["flow"], raw + prior, atol=1e-3)
 
 
 def test_shipped_file_roundtrip_and_corruption(tmp_path):

@@ -54,6 +54,11 @@ class ModelConfig:
     # from scratch, a head whose outputs start near 0 +- 0.5 needs thousands of steps to reach flows of tens
     # of pixels, so the tiny refiner predicts flow in patch units (16 px) instead.
     flow_unit: float = 1.0
+    # width of the patch-correlation flow prior (0: off, as Co-op). When > 0, each decoded rendered token
+    # is matched against the query's encoder tokens (softmax of scaled dot products, as the coarse head)
+    # and the expected query patch centre gives a patch-level flow that the DPT output refines. Trained
+    # from scratch on a CPU, the DPT regression alone stays at a constant flow for thousands of steps.
+    flow_match_dim: int = 0
 
     @property
     def grid(self) -> int:
@@ -76,7 +81,7 @@ _BASE = {
     ("refiner", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=6, enc_num_heads=4,
                               dec_embed_dim=160, dec_depth=4, dec_num_heads=4,
                               dpt_hooks=(5, 7, 8, 9), dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=32,
-                              dpt_last_dim=16, flow_unit=16.0),
+                              dpt_last_dim=16, flow_unit=16.0, flow_match_dim=64),
     ("selection", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=4, enc_num_heads=4,
                                 dec_embed_dim=160, dec_depth=2, dec_num_heads=4),
     ("coarse", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
@@ -132,6 +137,8 @@ def _validate(cfg: ModelConfig) -> None:
             )
         if cfg.dpt_head_stride not in (1, 2):
             raise ConfigError(f"dpt_head_stride must be 1 or 2, got {cfg.dpt_head_stride}.")
+        if cfg.flow_match_dim < 0:
+            raise ConfigError(f"flow_match_dim must be >= 0 (0: no correlation prior), got {cfg.flow_match_dim}.")
         if not cfg.flow_unit > 0:
             raise ConfigError(f"flow_unit must be > 0 pixels, got {cfg.flow_unit}.")
         if not 0 < cfg.scale_min < cfg.scale_max:

@@ -16,7 +16,7 @@ from torch import nn
 
 from cooppose.errors import CheckpointError, InputError
 from cooppose.models.configs import ModelConfig, get_config
-from cooppose.models.heads import CoarseHead, RefinerHead, SelectionHead
+from cooppose.models.heads import CoarseHead, PatchCorrelationFlow, RefinerHead, SelectionHead
 from cooppose.models.vit import LN_EPS, Block, DecoderBlock, PatchEmbed, RoPE2D, patch_positions
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -127,9 +127,13 @@ class RefinerNet(CroCoPair):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         token_dims = tuple(cfg.enc_embed_dim if h < cfg.enc_depth else cfg.dec_embed_dim for h in cfg.dpt_hooks)
+        correlation = None
+        if cfg.flow_match_dim:
+            correlation = PatchCorrelationFlow(cfg.dec_embed_dim, cfg.enc_embed_dim, cfg.flow_match_dim, cfg.grid,
+                                               cfg.patch_size, cfg.img_size)
         self.head = RefinerHead(token_dims, cfg.dpt_layer_dims, cfg.dpt_feature_dim, cfg.grid, cfg.img_size,
                                 cfg.dpt_last_dim, cfg.dpt_head_stride, cfg.flow_radius, cfg.scale_min, cfg.scale_max,
-                                cfg.flow_unit)
+                                cfg.flow_unit, correlation)
         self.init_weights()
 
     def forward(self, query: torch.Tensor, render: torch.Tensor, flow_radius: float | None = None) -> dict[str, torch.Tensor]:
@@ -138,7 +142,7 @@ class RefinerNet(CroCoPair):
         B = render.shape[0]
         enc = self.encode_blocks(torch.cat([render, query]))
         blocks = [e[:B] for e in enc] + self.decode_blocks(enc[-1][:B], enc[-1][B:])
-        return self.head([blocks[h] for h in self.cfg.dpt_hooks], flow_radius)
+        return self.head([blocks[h] for h in self.cfg.dpt_hooks], flow_radius, query_tokens=enc[-1][B:])
 
 
 class SelectionNet(CroCoPair):

@@ -135,10 +135,40 @@ class DPTHead(nn.Module):
         return out
 
 
+class PatchCorrelationFlow(nn.Module):
+    """Patch-level flow from matching: each decoded rendered token attends over the query's encoder tokens
+    (softmax of scaled dot products, as CoarseHead); flow = expected query patch centre - own centre, in
+    pixels, upsampled bilinearly to the image (method.md leaves the refiner head open; see flow_match_dim)."""
+
+    def __init__(self, dec_dim: int, enc_dim: int, match_dim: int, grid: int, patch: int, img_size: int):
+        super().__init__()
+        self.match_dim = match_dim
+        self.img_size = img_size
+        self.render_proj = nn.Linear(dec_dim, match_dim)
+        self.query_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
+        self.query_proj = nn.Linear(enc_dim, match_dim)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        idx = (torch.arange(grid, dtype=torch.float32) + 0.5) * patch - 0.5  # patch centres, pixels
+        v, u = torch.meshgrid(idx, idx, indexing="ij")
+        self.register_buffer("centers", torch.stack([u, v], -1).reshape(-1, 2), persistent=False)  # (N, 2)
+
+    def forward(self, render_dec: torch.Tensor, query_enc: torch.Tensor) -> torch.Tensor:
+        """Decoded rendered tokens (B, N, Dd), query encoder tokens (B, N, De) -> flow (B, 2, S, S) pixels."""
+        r = self.render_proj(render_dec)  # (B, N, M)
+        q = self.query_proj(self.query_norm(query_enc))  # (B, N, M)
+        attn = (r @ q.transpose(1, 2) * (self.log_temperature.exp() / math.sqrt(self.match_dim))).softmax(-1)  # (B, N, N)
+        flow = attn.float() @ self.centers - self.centers  # (B, N, 2)
+        B, N, _ = flow.shape
+        g = int(round(math.sqrt(N)))
+        flow = flow.transpose(1, 2).reshape(B, 2, g, g)
+        return F.interpolate(flow, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+
+
 class RefinerHead(nn.Module):
     """DPT trunk with 5 channels -> flow (2), Laplace scale b, certainty, sensitivity, and their products.
 
-    - flow (B, 2, S, S): displacement in pixels from each rendered pixel into the query crop (raw output x flow_unit)
+    - flow (B, 2, S, S): displacement in pixels from each rendered pixel into the query crop (raw output x flow_unit,
+      plus the PatchCorrelationFlow prior when the head has one)
     - scale b (B, 1, S, S) in [scale_min, scale_max] pixels (bounded sigmoid, as CroCo-Flow)
     - certainty (B, 1, S, S) in (0, 1): the rendered pixel is visible in the query
     - sensitivity (B, 1, S, S) >= 0 (softplus): pose-informativeness, trained through the pose loss only
@@ -148,7 +178,7 @@ class RefinerHead(nn.Module):
 
     def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
                  img_size: int, last_dim: int, head_stride: int, flow_radius: float, scale_min: float, scale_max: float,
-                 flow_unit: float = 1.0):
+                 flow_unit: float = 1.0, correlation: PatchCorrelationFlow | None = None):
         super().__init__()
         self.dpt = DPTHead(token_dims, layer_dims, feature_dim, grid, img_size, out_channels=5, last_dim=last_dim,
                            head_stride=head_stride)
@@ -156,17 +186,22 @@ class RefinerHead(nn.Module):
         self.scale_min = scale_min
         self.scale_max = scale_max
         self.flow_unit = flow_unit
+        self.correlation = correlation
 
-    def forward(self, tokens: list[torch.Tensor], flow_radius: float | None = None) -> dict[str, torch.Tensor]:
-        """4 token sets (B, N, C_i) -> dict of (B, C, S, S) maps (see the class docstring)."""
+    def forward(self, tokens: list[torch.Tensor], flow_radius: float | None = None,
+                query_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """4 token sets (B, N, C_i) [+ query encoder tokens (B, N, De) for the correlation prior] -> dict of (B, C, S, S) maps."""
         raw = self.dpt(tokens).float()  # (B, 5, S, S)
+        flow = raw[:, 0:2] * self.flow_unit
+        if self.correlation is not None:
+            flow = flow + self.correlation(tokens[-1], query_tokens)
         scale = self.scale_min + (self.scale_max - self.scale_min) * torch.sigmoid(raw[:, 2:3])
         certainty_logit = raw[:, 3:4]
         certainty = torch.sigmoid(certainty_logit)
         sensitivity = F.softplus(raw[:, 4:5])
         prob = flow_probability(scale, self.flow_radius if flow_radius is None else flow_radius)
         return {
-            "flow": raw[:, 0:2] * self.flow_unit,
+            "flow": flow,
             "scale": scale,
             "certainty": certainty,
             "certainty_logit": certainty_logit,
