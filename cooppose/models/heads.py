@@ -136,9 +136,13 @@ class DPTHead(nn.Module):
 
 
 class PatchCorrelationFlow(nn.Module):
-    """Patch-level flow from matching: each decoded rendered token attends over the query's encoder tokens
-    (softmax of scaled dot products, as CoarseHead); flow = expected query patch centre - own centre, in
-    pixels, upsampled bilinearly to the image (method.md leaves the refiner head open; see flow_match_dim)."""
+    """Patch-level flow from matching: each decoded rendered token attends over the query's encoder tokens;
+    flow = expected query patch centre - own centre, in pixels, upsampled bilinearly to the image
+    (method.md leaves the refiner head open; see flow_match_dim).
+
+    Attention logits = scaled dot product (as CoarseHead) - |c_i - c_j|^2 / (2 sigma^2), a locality prior
+    with a learned width sigma (patches, starts at 1): the refiner's initial pose is close, so its flow is
+    local, and the prior makes the untrained flow start near zero instead of pointing at the crop centre."""
 
     def __init__(self, dec_dim: int, enc_dim: int, match_dim: int, grid: int, patch: int, img_size: int):
         super().__init__()
@@ -148,15 +152,19 @@ class PatchCorrelationFlow(nn.Module):
         self.query_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
         self.query_proj = nn.Linear(enc_dim, match_dim)
         self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.log_sigma = nn.Parameter(torch.zeros(()))  # locality width, log patches
         idx = (torch.arange(grid, dtype=torch.float32) + 0.5) * patch - 0.5  # patch centres, pixels
         v, u = torch.meshgrid(idx, idx, indexing="ij")
-        self.register_buffer("centers", torch.stack([u, v], -1).reshape(-1, 2), persistent=False)  # (N, 2)
+        centers = torch.stack([u, v], -1).reshape(-1, 2)  # (N, 2)
+        self.register_buffer("centers", centers, persistent=False)
+        self.register_buffer("dist2", torch.cdist(centers, centers).square() / patch**2, persistent=False)  # (N, N) patches^2
 
     def forward(self, render_dec: torch.Tensor, query_enc: torch.Tensor) -> torch.Tensor:
         """Decoded rendered tokens (B, N, Dd), query encoder tokens (B, N, De) -> flow (B, 2, S, S) pixels."""
         r = self.render_proj(render_dec)  # (B, N, M)
         q = self.query_proj(self.query_norm(query_enc))  # (B, N, M)
-        attn = (r @ q.transpose(1, 2) * (self.log_temperature.exp() / math.sqrt(self.match_dim))).softmax(-1)  # (B, N, N)
+        logits = r @ q.transpose(1, 2) * (self.log_temperature.exp() / math.sqrt(self.match_dim))  # (B, N, N)
+        attn = (logits - self.dist2 / (2 * torch.exp(2 * self.log_sigma))).softmax(-1)
         flow = attn.float() @ self.centers - self.centers  # (B, N, 2)
         B, N, _ = flow.shape
         g = int(round(math.sqrt(N)))
