@@ -171,6 +171,8 @@ def test_config_validation():
         get_config("refiner", "tiny", flow_unit=0.0)
     with pytest.raises(ConfigError, match="flow_match_dim"):
         get_config("refiner", "tiny", flow_match_dim=-1)
+    with pytest.raises(ConfigError, match="dpt_image_channels"):
+        get_config("refiner", "tiny", dpt_image_channels=-1)
 
 
 def test_patch_correlation_flow_points_to_the_matching_query_patch():
@@ -194,18 +196,26 @@ def test_patch_correlation_flow_points_to_the_matching_query_patch():
     assert torch.allclose(inner[1], torch.zeros_like(inner[1]), atol=0.05)
 
 
-def test_refiner_flow_adds_the_correlation_prior_only_when_configured():
+def test_refiner_flow_adds_the_correlation_prior_and_image_stem_only_when_configured():
     torch.manual_seed(0)
-    plain = build_model("refiner", "tiny", flow_match_dim=0, enc_depth=1, dec_depth=3, dpt_hooks=(0, 1, 2, 3))
-    assert plain.head.correlation is None and get_config("refiner", "paper").flow_match_dim == 0
+    plain = build_model("refiner", "tiny", flow_match_dim=0, dpt_image_channels=0, enc_depth=1, dec_depth=3,
+                        dpt_hooks=(0, 1, 2, 3))
+    paper = get_config("refiner", "paper")
+    assert plain.head.correlation is None and plain.head.dpt.image_stem is None
+    assert paper.flow_match_dim == 0 and paper.dpt_image_channels == 0 and paper.flow_unit == 1.0
     model = build_model("refiner", "tiny", enc_depth=1, dec_depth=3, dpt_hooks=(0, 1, 2, 3))
     q, r = torch.randn(1, 3, 160, 160), torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         out = model(q, r)
-        raw = model.head.dpt([model.encode_blocks(torch.cat([r, q]))[0][:1]] + model.decode_blocks(
-            model.encode_image(r), model.encode_image(q)))[:, 0:2] * model.cfg.flow_unit
-        prior = model.head.correlation(model.decode(model.encode_image(r), model.encode_image(q)), model.encode_image(q))
+        enc_r, enc_q = model.encode_image(r), model.encode_image(q)
+        tokens = [enc_r] + model.decode_blocks(enc_r, enc_q)
+        images = torch.cat([r, q], 1)
+        raw = model.head.dpt(tokens, images)[:, 0:2] * model.cfg.flow_unit
+        prior = model.head.correlation(tokens[-1], enc_q)
+        without_stem = model.head.dpt(tokens, torch.zeros_like(images))[:, 0:2] * model.cfg.flow_unit
     assert torch.allclose(out["flow"], raw + prior, atol=1e-3)
+    assert (raw - without_stem).abs().max() > 1e-3  # the images reach the flow through the stem
+
 
 
 def test_shipped_file_roundtrip_and_corruption(tmp_path):

@@ -44,6 +44,7 @@ class ModelConfig:
     dpt_feature_dim: int = 32
     dpt_last_dim: int = 16  # channels of the last 3x3 conv
     dpt_head_stride: int = 2  # 1: last convs at full resolution (CroCo); 2: at half, then bilinear upsampling
+    dpt_image_channels: int = 0  # > 0: early-fusion convolution stem over both images into the last DPT stage (not in Co-op)
     flow_radius: float = 2.0  # R (pixels) in flow_probability = 1 - exp(-R / b)
     # bounds (pixels) of the Laplace scale b. CroCo-Flow uses 0.25..4; refiner flows at the first
     # iteration (15 deg init noise) are off by tens of pixels, and with b <= 4 the flow probability
@@ -81,7 +82,8 @@ _BASE = {
     ("refiner", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=6, enc_num_heads=4,
                               dec_embed_dim=160, dec_depth=4, dec_num_heads=4,
                               dpt_hooks=(5, 7, 8, 9), dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=32,
-                              dpt_last_dim=16, flow_unit=16.0, flow_match_dim=64),
+                              dpt_last_dim=16, flow_unit=16.0, flow_match_dim=64,
+                              dpt_image_channels=16),
     ("selection", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=4, enc_num_heads=4,
                                 dec_embed_dim=160, dec_depth=2, dec_num_heads=4),
     ("coarse", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
@@ -137,6 +139,8 @@ def _validate(cfg: ModelConfig) -> None:
             )
         if cfg.dpt_head_stride not in (1, 2):
             raise ConfigError(f"dpt_head_stride must be 1 or 2, got {cfg.dpt_head_stride}.")
+        if cfg.dpt_image_channels < 0:
+            raise ConfigError(f"dpt_image_channels must be >= 0 (0: no image stem), got {cfg.dpt_image_channels}.")
         if cfg.flow_match_dim < 0:
             raise ConfigError(f"flow_match_dim must be >= 0 (0: no correlation prior), got {cfg.flow_match_dim}.")
         if not cfg.flow_unit > 0:

@@ -133,7 +133,7 @@ class RefinerNet(CroCoPair):
                                                cfg.patch_size, cfg.img_size)
         self.head = RefinerHead(token_dims, cfg.dpt_layer_dims, cfg.dpt_feature_dim, cfg.grid, cfg.img_size,
                                 cfg.dpt_last_dim, cfg.dpt_head_stride, cfg.flow_radius, cfg.scale_min, cfg.scale_max,
-                                cfg.flow_unit, correlation)
+                                cfg.flow_unit, correlation, cfg.dpt_image_channels)
         self.init_weights()
 
     def forward(self, query: torch.Tensor, render: torch.Tensor, flow_radius: float | None = None) -> dict[str, torch.Tensor]:
@@ -142,7 +142,8 @@ class RefinerNet(CroCoPair):
         B = render.shape[0]
         enc = self.encode_blocks(torch.cat([render, query]))
         blocks = [e[:B] for e in enc] + self.decode_blocks(enc[-1][:B], enc[-1][B:])
-        return self.head([blocks[h] for h in self.cfg.dpt_hooks], flow_radius, query_tokens=enc[-1][B:])
+        return self.head([blocks[h] for h in self.cfg.dpt_hooks], flow_radius, query_tokens=enc[-1][B:],
+                         images=torch.cat([render, query], 1))
 
 
 class SelectionNet(CroCoPair):

@@ -93,10 +93,15 @@ class DPTHead(nn.Module):
     processes gives the same result as the whole batch. With head_stride 2 the last two convolutions
     run at half resolution and their output is upsampled bilinearly (CPU sizes: convolution backward
     at full resolution is the largest cost of the head).
+
+    With image_channels > 0 a two-layer convolution stem over the two input images, stacked as 6
+    channels, adds image_channels maps at half resolution to the last fusion stage (an early-fusion skip:
+    local differences between the rendering and the query at pixel scale, which the 16-pixel tokens
+    only reach after long training).
     """
 
     def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
-                 img_size: int, out_channels: int, last_dim: int, head_stride: int = 1):
+                 img_size: int, out_channels: int, last_dim: int, head_stride: int = 1, image_channels: int = 0):
         super().__init__()
         self.grid = grid
         self.img_size = img_size
@@ -112,23 +117,31 @@ class DPTHead(nn.Module):
         self.project = nn.ModuleList(nn.Conv2d(ld, feature_dim, 3, padding=1, bias=False) for ld in layer_dims)
         self.fusion = nn.ModuleList(_Fusion(feature_dim, with_skip=i < 3) for i in range(4))  # the coarsest has no skip
         self.head_stride = head_stride
+        self.image_stem = None
+        if image_channels:
+            self.image_stem = nn.Sequential(
+                nn.Conv2d(6, image_channels, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(image_channels, image_channels, 3, padding=1), nn.ReLU(),
+            )
         self.out = nn.Sequential(
-            nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),
+            nn.Conv2d(feature_dim + image_channels, feature_dim // 2, 3, padding=1),
             nn.Upsample(size=(img_size // head_stride,) * 2, mode="bilinear", align_corners=True),
             nn.Conv2d(feature_dim // 2, last_dim, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(last_dim, out_channels, 1),
         )
 
-    def forward(self, tokens: list[torch.Tensor]) -> torch.Tensor:
-        """4 token sets (B, N, C_i), N = grid^2 -> maps (B, out_channels, img_size, img_size)."""
+    def forward(self, tokens: list[torch.Tensor], images: torch.Tensor | None = None) -> torch.Tensor:
+        """4 token sets (B, N, C_i), N = grid^2 [+ the two images (B, 6, S, S) for the stem] -> maps (B, out_channels, S, S)."""
         B = tokens[0].shape[0]
         maps = [t.transpose(1, 2).reshape(B, t.shape[-1], self.grid, self.grid) for t in tokens]
         feats = [proj(re(m)) for m, re, proj in zip(maps, self.reassemble, self.project)]  # 1/4 .. 1/32
         x = self.fusion[3](feats[3], size=feats[2].shape[-2:])
         x = self.fusion[2](x, feats[2], size=feats[1].shape[-2:])
         x = self.fusion[1](x, feats[1], size=feats[0].shape[-2:])
-        x = self.fusion[0](x, feats[0])
+        x = self.fusion[0](x, feats[0])  # (B, F, S/2, S/2)
+        if self.image_stem is not None:
+            x = torch.cat([x, self.image_stem(images)], 1)
         out = self.out(x)
         if self.head_stride > 1:  # the last convs ran at 1/head_stride: bilinear (pixel-centre aligned) to full size
             out = F.interpolate(out, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
@@ -186,10 +199,10 @@ class RefinerHead(nn.Module):
 
     def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], feature_dim: int, grid: int,
                  img_size: int, last_dim: int, head_stride: int, flow_radius: float, scale_min: float, scale_max: float,
-                 flow_unit: float = 1.0, correlation: PatchCorrelationFlow | None = None):
+                 flow_unit: float = 1.0, correlation: PatchCorrelationFlow | None = None, image_channels: int = 0):
         super().__init__()
         self.dpt = DPTHead(token_dims, layer_dims, feature_dim, grid, img_size, out_channels=5, last_dim=last_dim,
-                           head_stride=head_stride)
+                           head_stride=head_stride, image_channels=image_channels)
         self.flow_radius = flow_radius
         self.scale_min = scale_min
         self.scale_max = scale_max
@@ -197,9 +210,10 @@ class RefinerHead(nn.Module):
         self.correlation = correlation
 
     def forward(self, tokens: list[torch.Tensor], flow_radius: float | None = None,
-                query_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """4 token sets (B, N, C_i) [+ query encoder tokens (B, N, De) for the correlation prior] -> dict of (B, C, S, S) maps."""
-        raw = self.dpt(tokens).float()  # (B, 5, S, S)
+                query_tokens: torch.Tensor | None = None, images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """4 token sets (B, N, C_i) [+ query encoder tokens (B, N, De) for the correlation prior, the rendering
+        and query stacked (B, 6, S, S) for the image stem] -> dict of (B, C, S, S) maps."""
+        raw = self.dpt(tokens, images).float()  # (B, 5, S, S)
         flow = raw[:, 0:2] * self.flow_unit
         if self.correlation is not None:
             flow = flow + self.correlation(tokens[-1], query_tokens)
