@@ -66,14 +66,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from cooppose.eval.runner import make_estimator, parse_shard, run_eval
+        from cooppose.eval.runner import coop_weights, make_estimator, parse_shard, run_eval
 
         kwargs = {"checkpoints": args.checkpoints, "stage": args.stage} if args.method == "coop" else {}
+        estimator = make_estimator(args.method, **kwargs)
+        settings = {**kwargs, "weights": coop_weights(args.checkpoints)} if args.method == "coop" else {}
         scores = run_eval(
-            args.dataset, args.out, make_estimator(args.method, **kwargs), split=args.split, mode=args.mode,
+            args.dataset, args.out, estimator, split=args.split, mode=args.mode,
             n_hypotheses=args.hypotheses, detections=args.detections, images_every=args.images_every,
             shard=parse_shard(args.shard) if args.shard else None, method_name=args.name or args.method,
-            progress=not args.no_progress, settings=kwargs,
+            progress=not args.no_progress, settings=settings,
         )
         if scores is None:
             print(f"shard done; the scores are written when the last shard of {args.out} finishes")

@@ -432,7 +432,7 @@ def test_staged_estimator_stops_at_the_stage():
 
 
 @pytest.mark.parametrize("stage", ["coarse", pytest.param("select", marks=pytest.mark.slow)])
-def test_cli_eval_runs_coop_from_checkpoints(dataset, tmp_path, monkeypatch, stage):
+def test_cli_eval_runs_coop_from_checkpoints(dataset, tmp_path, monkeypatch, capsys, stage):
     """Co-op with random micro networks saved as checkpoints: the whole path runs (no accuracy claim)."""
     import torch
 
@@ -455,3 +455,6 @@ def test_cli_eval_runs_coop_from_checkpoints(dataset, tmp_path, monkeypatch, sta
     assert {r.obj_id for r in rows} == {1, 2} and all(r.t[2] > 0 for r in rows)
     assert json.loads((out / "run.json").read_text())["stage"] == stage
     assert main(args + ["--stage", "refine"]) == 2  # resuming with another stage is refused
+    torch.manual_seed(1)  # other weights in the same folder: resuming would mix two networks' results
+    save_model(build_model("refiner", "tiny", **micro, **extra["refiner"]), tmp_path / "ckpt" / "refiner_tiny.pt")
+    assert main(args) == 2 and "weights" in capsys.readouterr().err

@@ -420,6 +420,15 @@ def finalize(ds: BopDataset, out_dir: Path, final_csv: Path, shard_files: Sequen
     return scores
 
 
+def coop_weights(checkpoints: str | os.PathLike | None = None, size: str = "tiny") -> dict[str, str]:
+    """First 16 hex digits of the sha256 of each Co-op model file an eval loads (recorded in run.json, so a
+    resumed run never mixes results of two sets of weights)."""
+    from cooppose.models.checkpoint import sha256_file
+    from cooppose.pipeline.estimator import checkpoint_path
+
+    return {kind: sha256_file(checkpoint_path(kind, size, checkpoints))[:16] for kind in ("coarse", "refiner", "selection")}
+
+
 def make_estimator(method: str, checkpoints: str | os.PathLike | None = None, stage: str = "select", **kwargs: Any) -> Any:
     """Estimator of a method name: "coop" (PoseEstimator from `checkpoints`, run up to `stage`), "sift" or "fpfh" (baselines)."""
     if method == "coop":
