@@ -87,6 +87,17 @@ def test_image_split_is_fixed_and_disjoint(synth_root):
     assert key(by_split) == key(train) == key(by_scenes)
 
 
+def test_obj_ids_keeps_only_those_objects(synth_root):
+    every = build_dataset("selection", _cfg(synth_root), "train")
+    first = sorted({r.obj_id for r in every.items})[:2]
+    some = build_dataset("selection", _cfg(synth_root, obj_ids=first), "train")
+    assert {r.obj_id for r in some.items} == set(first)
+    assert len(some) == sum(r.obj_id in first for r in every.items)
+    for bad in ([], [1.5], "1,2"):
+        with pytest.raises(ConfigError, match="obj_ids"):
+            build_dataset("selection", _cfg(synth_root, obj_ids=bad), "train")
+
+
 def test_jitter_box_without_noise_is_the_bop_box():
     rng = np.random.default_rng(0)
     assert jitter_box((10, 20, 30, 40), rng, 0.0, 0.0) == (9.5, 19.5, 39.5, 59.5)

@@ -58,6 +58,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,  # share of the images in the "val" split
     "backend": "auto",  # renderer backend
     "object_cache": 256,  # meshes kept per process
+    "obj_ids": None,  # only instances of these object ids (e.g. the textured ones for a first curriculum stage)
 }
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "coarse": {
@@ -115,6 +116,9 @@ def resolve_config(kind: str, cfg: dict) -> dict:
         raise ConfigError(f"dataset 'size' must be a multiple of the patch size {PATCH}, got {S!r}.")
     if not 0.0 <= float(out["val_fraction"]) < 1.0 or not 0.0 <= float(out["min_visib"]) <= 1.0:
         raise ConfigError(f"'val_fraction' must be in [0, 1) and 'min_visib' in [0, 1], got {out['val_fraction']}, {out['min_visib']}.")
+    ids = out["obj_ids"]
+    if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise ConfigError(f"'obj_ids' must be null or a non-empty list of object ids, got {ids!r}.")
     return out
 
 
@@ -208,6 +212,8 @@ class SceneInstances(Dataset):
         if not (self.models_dir / "models_info.json").is_file():
             raise DatasetError(f"{self.models_dir} has no models_info.json; set the dataset config 'models' to the objects folder.")
         self.known_objects = set(load_models_info(self.models_dir / "models_info.json"))
+        if self.cfg["obj_ids"] is not None:
+            self.known_objects &= set(self.cfg["obj_ids"])
         self.items = self._index()
         if not self.items:
             raise DatasetError(
