@@ -424,9 +424,10 @@ def coop_weights(checkpoints: str | os.PathLike | None = None, size: str = "tiny
     """First 16 hex digits of the sha256 of each Co-op model file an eval loads (recorded in run.json, so a
     resumed run never mixes results of two sets of weights)."""
     from cooppose.models.checkpoint import sha256_file
+    from cooppose.models.configs import KINDS
     from cooppose.pipeline.estimator import checkpoint_path
 
-    return {kind: sha256_file(checkpoint_path(kind, size, checkpoints))[:16] for kind in ("coarse", "refiner", "selection")}
+    return {kind: sha256_file(checkpoint_path(kind, size, checkpoints))[:16] for kind in KINDS}
 
 
 def make_estimator(method: str, checkpoints: str | os.PathLike | None = None, stage: str = "select", **kwargs: Any) -> Any:

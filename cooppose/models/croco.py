@@ -142,8 +142,8 @@ class RefinerNet(CroCoPair):
         B = render.shape[0]
         enc = self.encode_blocks(torch.cat([render, query]))
         blocks = [e[:B] for e in enc] + self.decode_blocks(enc[-1][:B], enc[-1][B:])
-        return self.head([blocks[h] for h in self.cfg.dpt_hooks], flow_radius, query_tokens=enc[-1][B:],
-                         images=torch.cat([render, query], 1))
+        images = torch.cat([render, query], 1) if self.cfg.dpt_image_channels else None  # (B, 6, S, S) for the stem
+        return self.head([blocks[h] for h in self.cfg.dpt_hooks], flow_radius, query_tokens=enc[-1][B:], images=images)
 
 
 class SelectionNet(CroCoPair):

@@ -11,6 +11,11 @@ from torch import nn
 from cooppose.models.vit import LN_EPS, Mlp
 
 
+def scaled_similarity(a: torch.Tensor, b: torch.Tensor, log_temperature: torch.Tensor) -> torch.Tensor:
+    """Matching logits <a_i, b_k> * exp(tau) / sqrt(d) of projected tokens a (B, N, d), b (B, K, d) -> (B, N, K)."""
+    return a @ b.transpose(1, 2) * (log_temperature.exp() / math.sqrt(a.shape[-1]))
+
+
 class CoarseHead(nn.Module):
     """Per query patch: logits over the template's Np patches + "no match" (index Np), and a sub-patch offset.
 
@@ -31,7 +36,6 @@ class CoarseHead(nn.Module):
 
     def __init__(self, dec_dim: int, enc_dim: int, match_dim: int):
         super().__init__()
-        self.match_dim = match_dim
         self.query_proj = nn.Linear(dec_dim, match_dim)
         self.template_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
         self.template_proj = nn.Linear(enc_dim, match_dim)
@@ -43,7 +47,7 @@ class CoarseHead(nn.Module):
         """Decoded query (B, Np, Dd) + template encoder tokens (B, Np, De) -> logits (B, Np, Np+1), offsets (B, Np, 2)."""
         q = self.query_proj(query_dec)  # (B, Np, M)
         t = self.template_proj(self.template_norm(template_tokens))  # (B, Np, M)
-        match = q @ t.transpose(1, 2) * (self.log_temperature.exp() / math.sqrt(self.match_dim))  # (B, Np, Np)
+        match = scaled_similarity(q, t, self.log_temperature)  # (B, Np, Np)
         logits = torch.cat([match, self.no_match(query_dec)], -1)  # (B, Np, Np + 1)
         attended = match.softmax(-1) @ t  # (B, Np, M)
         offsets = 0.5 * torch.tanh(self.offset(torch.cat([query_dec, attended], -1)))  # (B, Np, 2)
@@ -159,7 +163,7 @@ class PatchCorrelationFlow(nn.Module):
 
     def __init__(self, dec_dim: int, enc_dim: int, match_dim: int, grid: int, patch: int, img_size: int):
         super().__init__()
-        self.match_dim = match_dim
+        self.grid = grid
         self.img_size = img_size
         self.render_proj = nn.Linear(dec_dim, match_dim)
         self.query_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
@@ -176,12 +180,10 @@ class PatchCorrelationFlow(nn.Module):
         """Decoded rendered tokens (B, N, Dd), query encoder tokens (B, N, De) -> flow (B, 2, S, S) pixels."""
         r = self.render_proj(render_dec)  # (B, N, M)
         q = self.query_proj(self.query_norm(query_enc))  # (B, N, M)
-        logits = r @ q.transpose(1, 2) * (self.log_temperature.exp() / math.sqrt(self.match_dim))  # (B, N, N)
+        logits = scaled_similarity(r, q, self.log_temperature)  # (B, N, N)
         attn = (logits - self.dist2 / (2 * torch.exp(2 * self.log_sigma))).softmax(-1)
         flow = attn.float() @ self.centers - self.centers  # (B, N, 2)
-        B, N, _ = flow.shape
-        g = int(round(math.sqrt(N)))
-        flow = flow.transpose(1, 2).reshape(B, 2, g, g)
+        flow = flow.transpose(1, 2).reshape(flow.shape[0], 2, self.grid, self.grid)
         return F.interpolate(flow, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
 
 
