@@ -218,9 +218,21 @@ def test_init_weights_fine_tunes_from_a_model_file_of_the_same_configuration(tmp
     wider["model"] = {**wider["model"], "enc_embed_dim": 48}
     with pytest.raises(CheckpointError, match="configuration differs"):
         train(wider, tmp_path / "wider", datasets=data, progress=False)
-    with pytest.raises(CheckpointError, match="holds a 'selection' model"):
-        train(micro_cfg("coarse", steps=1, init_weights=str(first.model_path)), tmp_path / "kind",
-              datasets=(RandomSet("coarse"), None), progress=False)
+
+
+def test_init_weights_from_another_kind_copies_the_backbone_only(tmp_path):
+    coarse = train(micro_cfg("coarse", steps=2), tmp_path / "coarse", datasets=(RandomSet("coarse"), None), progress=False)
+    source = load_model(coarse.model_path, kind="coarse").state_dict()
+    refiner = train(micro_cfg("refiner", steps=1, lr=1e-12, weight_decay=0.0, init_weights=str(coarse.model_path)),
+                    tmp_path / "refiner", datasets=(RandomSet("refiner"), None), progress=False)
+    start = _params(refiner.checkpoint)
+    backbone = [k for k in source if not k.startswith("head.")]
+    assert backbone and all(torch.allclose(start[k].float(), source[k], atol=1e-6) for k in backbone)
+    assert not any(k.startswith("head.") and k in source for k in start)  # the coarse head has no refiner counterpart
+    deeper = micro_cfg("selection", steps=1, init_weights=str(coarse.model_path))
+    deeper["model"] = {**deeper["model"], "enc_depth": MICRO["enc_depth"] + 1}
+    with pytest.raises(CheckpointError, match="backbone differs.*enc_depth"):
+        train(deeper, tmp_path / "deeper", datasets=(RandomSet("selection"), None), progress=False)
 
 
 def test_train_config_validation():

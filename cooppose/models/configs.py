@@ -18,6 +18,9 @@ from cooppose.errors import ConfigError
 
 KINDS = ("coarse", "refiner", "selection")
 SIZES = ("tiny", "paper")
+# ModelConfig fields that fix the shapes of the encoder and decoder (shared by the three kinds' CroCoPair)
+BACKBONE_FIELDS = ("img_size", "patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth",
+                   "dec_num_heads", "mlp_ratio", "rope_base")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from cooppose.errors import CheckpointError, ConfigError
 from cooppose.fileio import remove_stale_temps
 from cooppose.models import build_model, get_config, load_croco_weights
 from cooppose.models.checkpoint import atomic_torch_save, export_model, load_model, load_torch_file
-from cooppose.models.configs import KINDS, config_from_dict
+from cooppose.models.configs import BACKBONE_FIELDS, KINDS, config_from_dict
 from cooppose.train.steps import STEPS, resolve_loss_config
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -56,7 +56,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_batches": 10,
     "ckpt_every": 200,
     "croco_weights": None,  # optional CroCo v2 checkpoint to initialise the backbone
-    "init_weights": None,  # optional cooppose model file of the same kind and size to fine-tune from
+    "init_weights": None,  # optional cooppose model file: same kind and config (fine-tune) or same backbone (encoder + decoder only)
 }
 CHECKPOINT = "checkpoint.pt"
 TRAIN_FORMAT = "cooppose-train"
@@ -346,7 +346,9 @@ def train(
     if resume and ckpt_path.exists():
         step = _restore(ckpt_path, model, optimizer, scheduler, scaler, kind)
     elif cfg["init_weights"]:
-        _init_from_model_file(model, cfg["init_weights"], kind)
+        message = _init_from_model_file(model, cfg["init_weights"], kind)
+        if env.main:
+            print(message)
     elif cfg["croco_weights"]:
         report = load_croco_weights(model, cfg["croco_weights"])
         if env.main:
@@ -420,12 +422,23 @@ def train(
     return TrainResult(step=step, checkpoint=ckpt_path, model_path=model_path, metrics=metrics, val_metrics=val_metrics)
 
 
-def _init_from_model_file(model: nn.Module, path: str, kind: str) -> None:
-    """Copy the weights of a cooppose model file into `model` (fine-tuning); CheckpointError when kind or size differ."""
-    source = load_model(path, kind)
-    if source.cfg != model.cfg:
-        raise CheckpointError(f"{path}: holds a {source.cfg.size!r} {kind} model whose configuration differs from the one trained here.")
-    model.load_state_dict(source.state_dict())
+def _init_from_model_file(model: nn.Module, path: str, kind: str) -> str:
+    """Copy a cooppose model file into `model`: all weights when kind and configuration match (fine-tuning),
+    the encoder + decoder only when it is another kind with the same backbone (e.g. a refiner started from
+    the trained coarse network, as Co-op starts every network from CroCo); CheckpointError otherwise."""
+    source = load_model(path)
+    if source.cfg.kind == kind:
+        if source.cfg != model.cfg:
+            raise CheckpointError(f"{path}: holds a {source.cfg.size!r} {kind} model whose configuration differs from the one trained here.")
+        model.load_state_dict(source.state_dict())
+        return f"init_weights: all weights from {path}"
+    differ = {f: (getattr(source.cfg, f), getattr(model.cfg, f)) for f in BACKBONE_FIELDS if getattr(source.cfg, f) != getattr(model.cfg, f)}
+    if differ:
+        raise CheckpointError(f"{path}: holds a {source.cfg.kind!r} model whose backbone differs from this {kind} model "
+                              f"(file, model): {differ}; only the encoder and decoder can be shared across kinds.")
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    model.load_state_dict(backbone, strict=False)
+    return f"init_weights: encoder + decoder ({len(backbone)} tensors) from the {source.cfg.kind} model {path}; {kind} head initialised"
 
 
 def _save(path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int, cfg: dict) -> None:
