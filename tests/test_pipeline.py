@@ -159,3 +159,35 @@ def test_box_fallback_when_no_correspondences(renderer, scene, duck, tmp_path):
     assert angle < 25.0 and abs(h.t[2] / T_A[2, 3] - 1) < 0.25  # the nearest of 42 views, depth from the box size
     hyps = est.estimate(scene.rgb, scene.K, duck, box=box, n_hypotheses=2, n_refine=1)
     assert all(np.all(np.isfinite(x.T)) and x.t[2] > 0 for x in hyps)
+
+
+def test_agrees_with_box_accepts_the_true_pose_and_rejects_poses_off_the_detection(scene, duck):
+    from cooppose.pipeline.coarse import agrees_with_box
+
+    box = scene.box()
+    assert agrees_with_box(T_A, duck, scene.K, box)
+    far = T_A.copy()
+    far[2, 3] *= 4.0  # 4x deeper: projects to a quarter of the box side
+    assert not agrees_with_box(far, duck, scene.K, box)
+    near = T_A.copy()
+    near[2, 3] *= 0.25  # 4x closer: four times the box side
+    assert not agrees_with_box(near, duck, scene.K, box)
+    side = T_A.copy()
+    side[0, 3] += 2.0 * duck.diameter  # right size, beside the detection
+    assert not agrees_with_box(side, duck, scene.K, box)
+
+
+def test_coarse_rejects_a_solved_pose_that_misses_the_box(estimator, scene, duck):
+    """Matches that all point to one wrong template patch give a PnP pose off the detection: the box fallback wins."""
+    templates = estimator.onboard(duck)
+    box = scene.box()
+    rgb_crop, crop = query_crop(scene.rgb, scene.K, box, 160)
+    q = CoarseQuery(rgb=rgb_crop, crop=crop, templates=templates)
+    matches = estimator.coarse.predict(q)
+    (good,) = coarse_hypotheses(q, matches, duck, scene.K, box, k=1, debug=True)
+    assert not good.debug["fallback"]
+    t = good.template_id
+    shrunk = (box[0] + 0.45 * (box[2] - box[0]), box[1] + 0.45 * (box[3] - box[1]),
+              box[0] + 0.55 * (box[2] - box[0]), box[1] + 0.55 * (box[3] - box[1]))  # a detection 10x smaller
+    (h,) = coarse_hypotheses(q, matches, duck, scene.K, shrunk, k=1, debug=True)
+    assert h.debug["fallback"] and h.template_id == t

@@ -22,7 +22,7 @@ import torch
 from cooppose.data.targets import patch_centers, patch_pixels
 from cooppose.geometry.camera import Crop, make_crop, warp
 from cooppose.geometry.pnp import kabsch_ransac, solve_pnp_ransac
-from cooppose.geometry.transforms import backproject, make_pose, skew, transform_points
+from cooppose.geometry.transforms import backproject, make_pose, project, skew, transform_points
 from cooppose.models import normalize, template_score
 from cooppose.models.checkpoint import atomic_torch_save
 from cooppose.pipeline.hypothesis import PoseHypothesis
@@ -32,6 +32,8 @@ PATCH = 16
 QUERY_PAD = 1.0  # design.md: the coarse query crop is the square around the detection box, unpadded
 PNP_THRESHOLD_PX = 8.0  # half a patch, in crop pixels
 SPREAD_FRAC = 0.05  # neighbouring map values farther apart than this x diameter are a surface discontinuity
+BOX_MIN_COVER = 0.5  # a solved pose must project over at least this share of the detection box ...
+BOX_SIDE_RANGE = (0.5, 3.0)  # ... with a longer box side within these factors of the detection's (occlusion shrinks detections)
 
 
 @dataclass
@@ -212,6 +214,18 @@ def in_front(T: np.ndarray, obj) -> bool:
     return bool(np.all(np.isfinite(T)) and np.all(transform_points(T, corners)[:, 2] > 1e-3 * obj.diameter))
 
 
+def agrees_with_box(T: np.ndarray, obj, K: np.ndarray, box) -> bool:
+    """True when pose T (in front of the camera) projects the object onto the detection box (x0, y0, x1, y1):
+    the projection's bounding box covers >= BOX_MIN_COVER of the detection and its longer side is within
+    BOX_SIDE_RANGE x the detection's. PnP / Kabsch on mostly wrong matches gives poses far off the box."""
+    uv = project(K, transform_points(T, obj.vertices[obj.hull_indices]))  # (H, 2) projected hull
+    (x0, y0), (x1, y1) = uv.min(0), uv.max(0)
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    overlap = max(0.0, min(x1, box[2]) - max(x0, box[0])) * max(0.0, min(y1, box[3]) - max(y0, box[1]))
+    ratio = max(x1 - x0, y1 - y0) / max(bw, bh)
+    return bool(overlap >= BOX_MIN_COVER * bw * bh and BOX_SIDE_RANGE[0] <= ratio <= BOX_SIDE_RANGE[1])
+
+
 def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smallest rotation (3, 3) taking unit vector a to unit vector b."""
     v = np.cross(a, b)
@@ -233,14 +247,15 @@ def coarse_hypotheses(
     seed: int = 0,
     debug: bool = False,
 ) -> list[PoseHypothesis]:
-    """k coarse poses, one per top-ranked template (PnP on RGB, Kabsch on RGB-D); a failed solve falls back to `box_pose`."""
+    """k coarse poses, one per top-ranked template (PnP on RGB, Kabsch on RGB-D); a failed solve, or a pose that
+    does not agree with the detection box, falls back to `box_pose`."""
     templates, crop = query.templates, query.crop
     scores, order = template_ranking(matches)
     out = []
     for t in order[:k]:
         q, m, X = correspondences(matches, int(t), templates, obj.diameter)
         T, inliers = _solve(q, X, crop, K, depth, obj.diameter, seed)
-        fallback = T is None or not in_front(T, obj)
+        fallback = T is None or not in_front(T, obj) or not agrees_with_box(T, obj, K, box)
         if fallback:
             T = box_pose(templates, int(t), obj, K, box)
         info = None
