@@ -125,6 +125,29 @@ def test_selection_logit_per_pair(pair):
     assert alone.item() == pytest.approx(logit[1].item(), abs=1e-4)
 
 
+def test_selection_head_scores_aligned_patches_above_shifted_ones():
+    from cooppose.models.heads import SelectionHead
+
+    torch.manual_seed(0)
+    D, grid = 8, 4
+    head = SelectionHead(D, D, D, grid)
+    head.reset_parameters()
+    with torch.no_grad():
+        for lin in (head.query_proj, head.template_proj):
+            lin.weight.copy_(torch.eye(D))
+            lin.bias.zero_()
+        head.log_temperature.fill_(3.0)
+        head.no_match.fc2.weight.zero_()
+        head.no_match.fc2.bias.fill_(-20.0)  # every query patch has a partner
+    render = torch.randn(1, grid * grid, D)
+    query = head.template_norm(render).detach()  # query patch i looks exactly like render patch i
+    far = torch.cat([render[:, 10:], render[:, :10]], 1)  # every partner moved >= 2 patches away
+    with torch.no_grad():
+        aligned, shifted = head(query, render).item(), head(query, far).item()
+    assert aligned == pytest.approx(10.0 - 1.0, abs=0.05)  # same-patch probability 1 through the initial weights
+    assert shifted == pytest.approx(-1.0, abs=0.05)  # same-patch probability 0
+
+
 def test_wrong_input_size_is_refused(pair):
     model = build_model("selection", "tiny")
     with pytest.raises(ValueError, match="160x160"):

@@ -235,6 +235,20 @@ def test_init_weights_from_another_kind_copies_the_backbone_only(tmp_path):
         train(deeper, tmp_path / "deeper", datasets=(RandomSet("selection"), None), progress=False)
 
 
+def test_init_weights_selection_from_coarse_shares_the_patch_matching_layers(tmp_path):
+    coarse = train(micro_cfg("coarse", steps=2), tmp_path / "coarse", datasets=(RandomSet("coarse"), None), progress=False)
+    source = load_model(coarse.model_path, kind="coarse").state_dict()
+    selection = train(micro_cfg("selection", steps=1, lr=1e-12, weight_decay=0.0, init_weights=str(coarse.model_path)),
+                      tmp_path / "selection", datasets=(RandomSet("selection"), None), progress=False)
+    start = _params(selection.checkpoint)
+    shared = [k for k in start if k.startswith("head.") and k in source]
+    assert sorted(k.split(".")[1] for k in shared) == sorted(
+        ["log_temperature", "no_match", "no_match", "no_match", "no_match", "query_proj", "query_proj",
+         "template_norm", "template_norm", "template_proj", "template_proj"])
+    assert all(torch.allclose(start[k].float(), source[k], atol=1e-6) for k in shared)
+    assert start["head.appearance.weight"].abs().max() < 1e-9  # the appearance term starts at zero
+
+
 def test_train_config_validation():
     with pytest.raises(ConfigError, match="unknown training config keys"):
         resolve_train_config({"kind": "coarse", "learning_rate": 1})

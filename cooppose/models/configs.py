@@ -87,8 +87,10 @@ _BASE = {
                               dpt_hooks=(5, 7, 8, 9), dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=32,
                               dpt_last_dim=16, flow_unit=16.0, flow_match_dim=64,
                               dpt_image_channels=16),
-    ("selection", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=4, enc_num_heads=4,
-                                dec_embed_dim=160, dec_depth=2, dec_num_heads=4),
+    # The tiny selector shares the coarse backbone so it can start from the trained coarse network (a
+    # smaller one trained alone stayed at chance on our CPU budget; docs/training.md, run 4).
+    ("selection", "tiny"): dict(img_size=160, enc_embed_dim=160, enc_depth=6, enc_num_heads=4,
+                                dec_embed_dim=160, dec_depth=4, dec_num_heads=4, match_dim=128),
     ("coarse", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,
                               dec_embed_dim=768, dec_depth=12, dec_num_heads=12, match_dim=256),
     ("refiner", "paper"): dict(img_size=224, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16,

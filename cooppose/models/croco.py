@@ -147,16 +147,18 @@ class RefinerNet(CroCoPair):
 
 
 class SelectionNet(CroCoPair):
-    """Selection: the query stream is decoded against the rendering of a hypothesis; mean-pooled -> one logit."""
+    """Selection: the query stream is decoded against the rendering of a hypothesis; patch alignment -> one logit."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.head = SelectionHead(cfg.dec_embed_dim)
+        self.head = SelectionHead(cfg.dec_embed_dim, cfg.enc_embed_dim, cfg.match_dim, cfg.grid)
         self.init_weights()
+        self.head.reset_parameters()
 
     def forward(self, query: torch.Tensor, render: torch.Tensor) -> torch.Tensor:
         """Normalised query crop and rendering (B, 3, S, S) -> logit (B,) that the hypothesis is correct."""
-        return self.head(self.decode(*self.encode_pair(query, render)))
+        query_tokens, render_tokens = self.encode_pair(query, render)
+        return self.head(self.decode(query_tokens, render_tokens), render_tokens)
 
 
 _NETS = {"coarse": CoarseNet, "refiner": RefinerNet, "selection": SelectionNet}

@@ -16,6 +16,18 @@ def scaled_similarity(a: torch.Tensor, b: torch.Tensor, log_temperature: torch.T
     return a @ b.transpose(1, 2) * (log_temperature.exp() / math.sqrt(a.shape[-1]))
 
 
+def patch_match_logits(head: nn.Module, query_dec: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query patch: logits over the other image's Np patches + "no match", from the patch-matching layers
+    that CoarseHead and SelectionHead share (query_proj, template_norm, template_proj, log_temperature, no_match).
+
+    Decoded query (B, Np, Dd) + the other image's encoder tokens (B, Np, De) -> logits (B, Np, Np+1) and the
+    projected other-image tokens (B, Np, M)."""
+    q = head.query_proj(query_dec)  # (B, Np, M)
+    t = head.template_proj(head.template_norm(tokens))  # (B, Np, M)
+    match = scaled_similarity(q, t, head.log_temperature)  # (B, Np, Np)
+    return torch.cat([match, head.no_match(query_dec)], -1), t
+
+
 class CoarseHead(nn.Module):
     """Per query patch: logits over the template's Np patches + "no match" (index Np), and a sub-patch offset.
 
@@ -45,11 +57,8 @@ class CoarseHead(nn.Module):
 
     def forward(self, query_dec: torch.Tensor, template_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decoded query (B, Np, Dd) + template encoder tokens (B, Np, De) -> logits (B, Np, Np+1), offsets (B, Np, 2)."""
-        q = self.query_proj(query_dec)  # (B, Np, M)
-        t = self.template_proj(self.template_norm(template_tokens))  # (B, Np, M)
-        match = scaled_similarity(q, t, self.log_temperature)  # (B, Np, Np)
-        logits = torch.cat([match, self.no_match(query_dec)], -1)  # (B, Np, Np + 1)
-        attended = match.softmax(-1) @ t  # (B, Np, M)
+        logits, t = patch_match_logits(self, query_dec, template_tokens)
+        attended = logits[..., :-1].softmax(-1) @ t  # (B, Np, M)
         offsets = 0.5 * torch.tanh(self.offset(torch.cat([query_dec, attended], -1)))  # (B, Np, 2)
         return {"logits": logits, "offsets": offsets}
 
@@ -241,12 +250,46 @@ def flow_probability(scale: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 class SelectionHead(nn.Module):
-    """Hypothesis score: mean-pooled decoded tokens (after dec_norm) -> Linear -> one logit."""
+    """Hypothesis score from patch alignment: is each query patch matched to the rendered patch at its own place?
 
-    def __init__(self, dec_dim: int):
+    Design (method.md 4 leaves the selector's form open): with the query cropped and the mesh rendered at
+    the same hypothesis, a right pose puts each object point at the same patch in both images. The head
+    matches every decoded query patch to the rendering's patches with the coarse head's patch-matching
+    layers (same names, so a selection network can start from the trained coarse network), and pools three
+    per-patch probabilities: matched to the same patch, to its 3x3 neighbourhood, and "no match". Same and
+    neighbourhood are averaged with weights p(match), so background patches do not count. A Linear layer on
+    the mean decoded token adds appearance cues; it starts at zero, so training starts from the alignment
+    score. A pooled-token-only head (run 1) stayed at chance (validation accuracy 0.50-0.58); the trained
+    coarse network's same-patch probability alone separates right from wrong hypotheses (AUC 0.86).
+    """
+
+    def __init__(self, dec_dim: int, enc_dim: int, match_dim: int, grid: int):
         super().__init__()
-        self.score = nn.Linear(dec_dim, 1)
+        self.query_proj = nn.Linear(dec_dim, match_dim)
+        self.template_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
+        self.template_proj = nn.Linear(enc_dim, match_dim)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.no_match = Mlp(dec_dim, dec_dim, 1)
+        self.alignment = nn.Linear(3, 1)
+        self.appearance = nn.Linear(dec_dim, 1)
+        ij = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2)
+        self.register_buffer("near", ((ij[:, None] - ij[None]).abs().amax(-1) <= 1).float(), persistent=False)  # (Np, Np)
 
-    def forward(self, dec: torch.Tensor) -> torch.Tensor:
-        """Decoded tokens (B, N, Dd) -> logit (B,)."""
-        return self.score(dec.mean(1))[:, 0]
+    def reset_parameters(self) -> None:
+        """Alignment weights that start at a useful score (same-patch probability), appearance at zero."""
+        with torch.no_grad():
+            self.alignment.weight.copy_(torch.tensor([[10.0, 0.0, 0.0]]))
+            self.alignment.bias.fill_(-1.0)
+            self.appearance.weight.zero_()
+            self.appearance.bias.zero_()
+
+    def forward(self, query_dec: torch.Tensor, render_tokens: torch.Tensor) -> torch.Tensor:
+        """Decoded query (B, Np, Dd) + the rendering's encoder tokens (B, Np, De) -> logit (B,)."""
+        logits, _ = patch_match_logits(self, query_dec, render_tokens)
+        p = logits.float().softmax(-1)  # (B, Np, Np+1)
+        matched = 1.0 - p[..., -1]  # (B, Np)
+        w = matched / matched.sum(-1, keepdim=True).clamp_min(1e-6)
+        same = (w * p[..., :-1].diagonal(dim1=1, dim2=2)).sum(-1)  # (B,)
+        near = (w * (p[..., :-1] * self.near).sum(-1)).sum(-1)  # (B,)
+        feats = torch.stack([same, near, matched.mean(-1)], -1).to(query_dec.dtype)  # (B, 3)
+        return (self.alignment(feats) + self.appearance(query_dec.mean(1)))[:, 0]

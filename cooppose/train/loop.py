@@ -423,9 +423,10 @@ def train(
 
 
 def _init_from_model_file(model: nn.Module, path: str, kind: str) -> str:
-    """Copy a cooppose model file into `model`: all weights when kind and configuration match (fine-tuning),
-    the encoder + decoder only when it is another kind with the same backbone (e.g. a refiner started from
-    the trained coarse network, as Co-op starts every network from CroCo); CheckpointError otherwise."""
+    """Copy a cooppose model file into `model`: all weights when kind and configuration match (fine-tuning);
+    from another kind with the same backbone (e.g. a refiner started from the trained coarse network, as
+    Co-op starts every network from CroCo) the encoder + decoder, plus the head tensors of the same name and
+    shape (the patch-matching layers the coarse and selection heads share); CheckpointError otherwise."""
     source = load_model(path)
     if source.cfg.kind == kind:
         if source.cfg != model.cfg:
@@ -436,9 +437,12 @@ def _init_from_model_file(model: nn.Module, path: str, kind: str) -> str:
     if differ:
         raise CheckpointError(f"{path}: holds a {source.cfg.kind!r} model whose backbone differs from this {kind} model "
                               f"(file, model): {differ}; only the encoder and decoder can be shared across kinds.")
+    own = model.state_dict()
     backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
-    model.load_state_dict(backbone, strict=False)
-    return f"init_weights: encoder + decoder ({len(backbone)} tensors) from the {source.cfg.kind} model {path}; {kind} head initialised"
+    shared = {k: v for k, v in source.state_dict().items() if k.startswith("head.") and k in own and own[k].shape == v.shape}
+    model.load_state_dict({**backbone, **shared}, strict=False)
+    return (f"init_weights: encoder + decoder ({len(backbone)} tensors) and {len(shared)} shared head tensors from the "
+            f"{source.cfg.kind} model {path}; the rest of the {kind} head initialised")
 
 
 def _save(path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int, cfg: dict) -> None:
