@@ -220,27 +220,28 @@ def test_init_weights_fine_tunes_from_a_model_file_of_the_same_configuration(tmp
         train(wider, tmp_path / "wider", datasets=data, progress=False)
 
 
-def test_init_weights_from_another_kind_copies_the_backbone_only(tmp_path):
+def _started_from_coarse(tmp_path, kind: str) -> tuple[dict, dict, str]:
+    """A micro coarse model, and the weights a `kind` network starts from with it as init_weights (lr ~ 0)."""
     coarse = train(micro_cfg("coarse", steps=2), tmp_path / "coarse", datasets=(RandomSet("coarse"), None), progress=False)
     source = load_model(coarse.model_path, kind="coarse").state_dict()
-    refiner = train(micro_cfg("refiner", steps=1, lr=1e-12, weight_decay=0.0, init_weights=str(coarse.model_path)),
-                    tmp_path / "refiner", datasets=(RandomSet("refiner"), None), progress=False)
-    start = _params(refiner.checkpoint)
+    other = train(micro_cfg(kind, steps=1, lr=1e-12, weight_decay=0.0, init_weights=str(coarse.model_path)),
+                  tmp_path / kind, datasets=(RandomSet(kind), None), progress=False)
+    return source, _params(other.checkpoint), str(coarse.model_path)
+
+
+def test_init_weights_from_another_kind_copies_the_backbone_only(tmp_path):
+    source, start, coarse_path = _started_from_coarse(tmp_path, "refiner")
     backbone = [k for k in source if not k.startswith("head.")]
     assert backbone and all(torch.allclose(start[k].float(), source[k], atol=1e-6) for k in backbone)
     assert not any(k.startswith("head.") and k in source for k in start)  # the coarse head has no refiner counterpart
-    deeper = micro_cfg("selection", steps=1, init_weights=str(coarse.model_path))
+    deeper = micro_cfg("selection", steps=1, init_weights=coarse_path)
     deeper["model"] = {**deeper["model"], "enc_depth": MICRO["enc_depth"] + 1}
     with pytest.raises(CheckpointError, match="backbone differs.*enc_depth"):
         train(deeper, tmp_path / "deeper", datasets=(RandomSet("selection"), None), progress=False)
 
 
 def test_init_weights_selection_from_coarse_shares_the_patch_matching_layers(tmp_path):
-    coarse = train(micro_cfg("coarse", steps=2), tmp_path / "coarse", datasets=(RandomSet("coarse"), None), progress=False)
-    source = load_model(coarse.model_path, kind="coarse").state_dict()
-    selection = train(micro_cfg("selection", steps=1, lr=1e-12, weight_decay=0.0, init_weights=str(coarse.model_path)),
-                      tmp_path / "selection", datasets=(RandomSet("selection"), None), progress=False)
-    start = _params(selection.checkpoint)
+    source, start, _ = _started_from_coarse(tmp_path, "selection")
     shared = [k for k in start if k.startswith("head.") and k in source]
     assert sorted(k.split(".")[1] for k in shared) == sorted(
         ["log_temperature", "no_match", "no_match", "no_match", "no_match", "query_proj", "query_proj",
