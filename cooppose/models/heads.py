@@ -16,6 +16,15 @@ def scaled_similarity(a: torch.Tensor, b: torch.Tensor, log_temperature: torch.T
     return a @ b.transpose(1, 2) * (log_temperature.exp() / math.sqrt(a.shape[-1]))
 
 
+def add_patch_matcher(head: nn.Module, dec_dim: int, enc_dim: int, match_dim: int) -> None:
+    """Give `head` the patch-matching layers that patch_match_logits uses (the same names in every head)."""
+    head.query_proj = nn.Linear(dec_dim, match_dim)
+    head.template_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
+    head.template_proj = nn.Linear(enc_dim, match_dim)
+    head.log_temperature = nn.Parameter(torch.zeros(()))
+    head.no_match = Mlp(dec_dim, dec_dim, 1)
+
+
 def patch_match_logits(head: nn.Module, query_dec: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query patch: logits over the other image's Np patches + "no match", from the patch-matching layers
     that CoarseHead and SelectionHead share (query_proj, template_norm, template_proj, log_temperature, no_match).
@@ -48,11 +57,7 @@ class CoarseHead(nn.Module):
 
     def __init__(self, dec_dim: int, enc_dim: int, match_dim: int):
         super().__init__()
-        self.query_proj = nn.Linear(dec_dim, match_dim)
-        self.template_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
-        self.template_proj = nn.Linear(enc_dim, match_dim)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
-        self.no_match = Mlp(dec_dim, dec_dim, 1)
+        add_patch_matcher(self, dec_dim, enc_dim, match_dim)
         self.offset = Mlp(dec_dim + match_dim, dec_dim, 2)
 
     def forward(self, query_dec: torch.Tensor, template_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -265,11 +270,7 @@ class SelectionHead(nn.Module):
 
     def __init__(self, dec_dim: int, enc_dim: int, match_dim: int, grid: int):
         super().__init__()
-        self.query_proj = nn.Linear(dec_dim, match_dim)
-        self.template_norm = nn.LayerNorm(enc_dim, eps=LN_EPS)
-        self.template_proj = nn.Linear(enc_dim, match_dim)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
-        self.no_match = Mlp(dec_dim, dec_dim, 1)
+        add_patch_matcher(self, dec_dim, enc_dim, match_dim)
         self.alignment = nn.Linear(3, 1)
         self.appearance = nn.Linear(dec_dim, 1)
         ij = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2)
