@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cooppose.models.vit import LN_EPS, Mlp
+from cooppose.models.vit import LN_EPS, Mlp, patch_positions
 
 
 def scaled_similarity(a: torch.Tensor, b: torch.Tensor, log_temperature: torch.Tensor) -> torch.Tensor:
@@ -273,7 +273,7 @@ class SelectionHead(nn.Module):
         add_patch_matcher(self, dec_dim, enc_dim, match_dim)
         self.alignment = nn.Linear(3, 1)
         self.appearance = nn.Linear(dec_dim, 1)
-        ij = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2)
+        ij = patch_positions(grid, grid)  # (Np, 2)
         self.register_buffer("near", ((ij[:, None] - ij[None]).abs().amax(-1) <= 1).float(), persistent=False)  # (Np, Np)
 
     def reset_parameters(self) -> None:

@@ -436,10 +436,10 @@ def _init_from_model_file(model: nn.Module, path: str, kind: str) -> str:
     differ = {f: (getattr(source.cfg, f), getattr(model.cfg, f)) for f in BACKBONE_FIELDS if getattr(source.cfg, f) != getattr(model.cfg, f)}
     if differ:
         raise CheckpointError(f"{path}: holds a {source.cfg.kind!r} model whose backbone differs from this {kind} model "
-                              f"(file, model): {differ}; only the encoder and decoder can be shared across kinds.")
-    own = model.state_dict()
-    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
-    shared = {k: v for k, v in source.state_dict().items() if k.startswith("head.") and k in own and own[k].shape == v.shape}
+                              f"(file, model): {differ}; weights are shared across kinds only on the same backbone.")
+    own, theirs = model.state_dict(), source.state_dict()
+    backbone = {k: v for k, v in theirs.items() if not k.startswith("head.")}
+    shared = {k: v for k, v in theirs.items() if k.startswith("head.") and k in own and own[k].shape == v.shape}
     model.load_state_dict({**backbone, **shared}, strict=False)
     return (f"init_weights: encoder + decoder ({len(backbone)} tensors) and {len(shared)} shared head tensors from the "
             f"{source.cfg.kind} model {path}; the rest of the {kind} head initialised")
